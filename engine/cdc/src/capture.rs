@@ -1,0 +1,366 @@
+//! The capture loop: one session at a time, reconnecting with backoff on retryable errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lily_replication::setup::{self, SlotState};
+use lily_replication::{
+    Connection, Feedback, Lsn, Mode, ReplicationError, ReplicationStream, StartOptions, WalEvent,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::ack::AckTracker;
+use crate::assemble::{Assembler, Emit, Limits};
+use crate::checkpoint;
+use crate::event::{BatchKind, ChangeBatch};
+use crate::subscription::{Ack, Delivery, Subscription};
+use crate::{CaptureConfig, CaptureError};
+
+/// The capture pipeline. Subscribe consumers, then [`Capture::run`].
+pub struct Capture {
+    config: CaptureConfig,
+    consumers: Vec<(String, mpsc::Sender<Delivery>)>,
+    feedback: Arc<Feedback>,
+}
+
+enum SessionEnd {
+    Stopped,
+}
+
+impl Capture {
+    pub fn new(config: CaptureConfig) -> Result<Self, CaptureError> {
+        config.validate().map_err(CaptureError::Config)?;
+        Ok(Capture {
+            config,
+            consumers: Vec::new(),
+            feedback: Feedback::new(Lsn::ZERO),
+        })
+    }
+
+    /// Adds a consumer; every batch goes to every consumer.
+    pub fn subscribe(&mut self, name: impl Into<String>) -> Subscription {
+        let name = name.into();
+        let (tx, rx) = mpsc::channel(self.config.consumer_queue);
+        self.consumers.push((name.clone(), tx));
+        Subscription { name, rx }
+    }
+
+    /// Positions shared with the status sender: what was received and what is confirmed.
+    pub fn feedback(&self) -> Arc<Feedback> {
+        self.feedback.clone()
+    }
+
+    /// Runs until `stop` turns true (or its sender is dropped), or a permanent error.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), CaptureError> {
+        let tracker = AckTracker::new(self.consumers.len(), self.feedback.clone());
+        let mut asm = Assembler::new(Limits {
+            max_rows: self.config.batch_max_rows,
+            max_bytes: self.config.batch_max_bytes,
+            max_latency: self.config.batch_max_latency,
+        });
+        let mut backoff = self.config.reconnect_initial;
+        loop {
+            let started = std::time::Instant::now();
+            match self.session(&tracker, &mut asm, &mut stop).await {
+                Ok(SessionEnd::Stopped) => return Ok(()),
+                Err(error) if error.is_retryable() => {
+                    metrics::counter!("lily_replication_reconnects_total").increment(1);
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = self.config.reconnect_initial;
+                    }
+                    let jitter =
+                        Duration::from_millis(rand_jitter(backoff.as_millis() as u64 / 4 + 1));
+                    tracing::warn!(%error, retry_in = ?(backoff + jitter), "Replication session ended; reconnecting.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff + jitter) => {}
+                        _ = stopped(&mut stop) => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(self.config.reconnect_max);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "Capture stopped.");
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        tracker: &Arc<AckTracker>,
+        asm: &mut Assembler,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<SessionEnd, CaptureError> {
+        let cfg = &self.config;
+        let spec = &cfg.source;
+        let mut admin = Connection::connect(&cfg.connection, Mode::Normal).await?;
+        let info = setup::preflight(&mut admin, spec).await?;
+        setup::ensure_publication(&mut admin, spec).await?;
+        let stored = checkpoint::load(&mut admin, &spec.slot).await?;
+        match setup::inspect_slot(&mut admin, &spec.slot).await? {
+            SlotState::Missing => {
+                if let Some(lsn) = stored {
+                    return Err(ReplicationError::SlotLost {
+                        slot: spec.slot.clone(),
+                        confirmed: lsn.to_string(),
+                        reason: "the slot no longer exists (it was dropped, or the server was restored or failed over)"
+                            .into(),
+                    }
+                    .into());
+                }
+                let lsn = setup::create_slot(&mut admin, &spec.slot).await?;
+                checkpoint::save(&mut admin, &spec.slot, lsn).await?;
+                self.feedback.confirm(lsn);
+                tracing::info!(slot = %spec.slot, %lsn, "Created replication slot.");
+            }
+            SlotState::Ready {
+                confirmed_flush, ..
+            } => {
+                self.feedback.confirm(confirmed_flush);
+                tracing::info!(slot = %spec.slot, %confirmed_flush, "Resuming from replication slot.");
+            }
+        }
+
+        let status_interval = cfg.status_interval.unwrap_or_else(|| {
+            if info.wal_sender_timeout.is_zero() {
+                Duration::from_secs(10)
+            } else {
+                (info.wal_sender_timeout / 3)
+                    .clamp(Duration::from_millis(100), Duration::from_secs(10))
+            }
+        });
+        let conn = Connection::connect(&cfg.connection, Mode::Replication).await?;
+        let start = self.feedback.confirmed();
+        let mut stream = ReplicationStream::start(
+            conn,
+            &StartOptions {
+                slot: spec.slot.clone(),
+                publications: vec![spec.publication.clone()],
+                start,
+                status_interval,
+            },
+            self.feedback.clone(),
+        )
+        .await?;
+        tracing::info!(slot = %spec.slot, %start, ?status_interval, "Streaming.");
+        asm.reset();
+
+        let saver = tokio::spawn(save_checkpoints(
+            admin,
+            spec.slot.clone(),
+            tracker.clone(),
+            cfg.checkpoint_interval,
+        ));
+        let result = self.stream_loop(&mut stream, tracker, asm, stop).await;
+        saver.abort();
+        match result {
+            Ok(()) => {
+                self.drain(tracker).await;
+                stream.shutdown().await;
+                if let Ok(mut admin) = Connection::connect(&cfg.connection, Mode::Normal).await {
+                    let lsn = tracker.data_confirmed();
+                    if lsn > Lsn::ZERO {
+                        if let Err(error) = checkpoint::save(&mut admin, &spec.slot, lsn).await {
+                            tracing::warn!(%error, "Could not record the final checkpoint.");
+                        }
+                    }
+                    admin.close().await;
+                }
+                tracing::info!(confirmed = %self.feedback.confirmed(), "Capture stopped cleanly.");
+                Ok(SessionEnd::Stopped)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads frames until stopped or an error. `Ok` means a requested stop.
+    async fn stream_loop(
+        &self,
+        stream: &mut ReplicationStream,
+        tracker: &Arc<AckTracker>,
+        asm: &mut Assembler,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), CaptureError> {
+        let mut out: Vec<Emit> = Vec::new();
+        let mut frames: u64 = 0;
+        let mut server_end = Lsn::ZERO;
+        loop {
+            let deadline = asm.deadline().map(tokio::time::Instant::from_std);
+            let event = tokio::select! {
+                biased;
+                _ = stopped(stop) => return Ok(()),
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                    asm.on_deadline(&mut out);
+                    if !self.emit(&mut out, tracker, asm, stop).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                event = stream.next() => event?,
+            };
+            match event {
+                WalEvent::Data {
+                    wal_start,
+                    wal_end,
+                    payload,
+                } => {
+                    frames += 1;
+                    server_end = server_end.max(wal_end);
+                    let msg = lily_pgoutput::decode(payload).map_err(ReplicationError::from)?;
+                    asm.on_message(wal_start, msg, &mut out)?;
+                    asm.maybe_close(stream.has_buffered_frame(), &mut out);
+                    if (!out.is_empty() || asm.has_bare() || frames % 4096 == 0)
+                        && !self.emit(&mut out, tracker, asm, stop).await?
+                    {
+                        return Ok(());
+                    }
+                    if frames % 4096 == 0 {
+                        metrics::counter!("lily_replication_messages_total").increment(4096);
+                    }
+                }
+                WalEvent::Keepalive { wal_end, .. } => {
+                    server_end = server_end.max(wal_end);
+                    // The server has nothing more to send right now: close any finished group.
+                    asm.maybe_close(false, &mut out);
+                    if (!out.is_empty() || asm.has_bare())
+                        && !self.emit(&mut out, tracker, asm, stop).await?
+                    {
+                        return Ok(());
+                    }
+                    // Nothing in flight and nothing half-read: everything before the server's
+                    // WAL end is handled, so an idle or filtered database still advances.
+                    if !asm.in_transaction() && !asm.has_pending() {
+                        tracker.checkpoint_idle(wal_end);
+                    }
+                    let confirmed = self.feedback.confirmed();
+                    metrics::gauge!("lily_replication_lag_bytes")
+                        .set(server_end.0.saturating_sub(confirmed.0) as f64);
+                    if tracker.all_acked() && !asm.has_pending() {
+                        metrics::gauge!("lily_replication_lag_seconds").set(0.0);
+                    }
+                }
+            }
+            if !stream.sender_alive() {
+                return Err(ReplicationError::Io(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "standby status sender stopped",
+                ))
+                .into());
+            }
+        }
+    }
+
+    /// Numbers and fans out pending batches; waits on full queues (backpressure). Returns
+    /// `false` if a stop was requested while waiting.
+    async fn emit(
+        &self,
+        out: &mut Vec<Emit>,
+        tracker: &Arc<AckTracker>,
+        asm: &mut Assembler,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<bool, CaptureError> {
+        for e in out.drain(..) {
+            let seq = tracker.next_seq();
+            if let BatchKind::Rows { table, records } = &e.kind {
+                metrics::counter!("lily_changes_total", "table" => table.qualified_name())
+                    .increment(records.num_rows() as u64);
+            }
+            let batch = Arc::new(ChangeBatch {
+                seq,
+                kind: e.kind,
+                commit_lsn: e.commit_lsn,
+                commit_ts: e.commit_ts,
+                checkpoint: e.checkpoint,
+            });
+            for (i, (name, tx)) in self.consumers.iter().enumerate() {
+                let delivery = Delivery {
+                    batch: batch.clone(),
+                    ack: Ack {
+                        consumer: i,
+                        seq,
+                        tracker: tracker.clone(),
+                    },
+                };
+                tokio::select! {
+                    biased;
+                    sent = tx.send(delivery) => {
+                        if sent.is_err() {
+                            return Err(CaptureError::ConsumerGone(name.clone()));
+                        }
+                    }
+                    _ = stopped(stop) => return Ok(false),
+                }
+            }
+            if let Some(lsn) = e.checkpoint {
+                tracker.checkpoint(seq, lsn, e.commit_ts);
+            }
+        }
+        if let Some(bare) = asm.take_bare() {
+            tracker.checkpoint(tracker.last_seq(), bare.lsn, bare.commit_ts);
+        }
+        metrics::gauge!("lily_consumer_outstanding_batches").set(tracker.outstanding() as f64);
+        Ok(true)
+    }
+
+    /// Gives consumers a bounded time to acknowledge what they hold before the final status.
+    async fn drain(&self, tracker: &Arc<AckTracker>) {
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        while !tracker.all_acked() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !tracker.all_acked() {
+            tracing::warn!(
+                outstanding = tracker.outstanding(),
+                "Consumers did not acknowledge everything before shutdown; those batches will be delivered again."
+            );
+        }
+    }
+}
+
+/// Resolves once a stop is requested or the stop sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes the acknowledged position to `lily.checkpoints` now and then. Failures are logged and
+/// retried: the slot itself holds the position, this record only guards against a lost slot.
+async fn save_checkpoints(
+    mut conn: Connection,
+    slot: String,
+    tracker: Arc<AckTracker>,
+    every: Duration,
+) {
+    let mut saved = Lsn::ZERO;
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let lsn = tracker.data_confirmed();
+        if lsn > saved {
+            match checkpoint::save(&mut conn, &slot, lsn).await {
+                Ok(()) => saved = lsn,
+                Err(error) => {
+                    tracing::warn!(%error, "Could not record checkpoint; will retry.");
+                    if error.is_retryable() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rand_jitter(max_ms: u64) -> u64 {
+    // Jitter only needs to spread reconnects of several engines; the clock's nanoseconds do.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    nanos % max_ms.max(1)
+}
