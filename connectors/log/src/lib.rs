@@ -50,6 +50,8 @@ pub fn encode(kind: &BatchKind, out: &mut Vec<u8>) -> Result<(), LogError> {
             out.extend_from_slice(v.to_string().as_bytes());
             out.push(b'\n');
         }
+        // Group boundaries carry no change of their own.
+        BatchKind::Commit => {}
         BatchKind::Message {
             transactional,
             prefix,

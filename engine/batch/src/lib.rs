@@ -34,7 +34,7 @@ pub const OP_COLUMN: &str = "_op";
 pub const LSN_COLUMN: &str = "_lsn";
 /// `_commit_lsn` (UInt64, non-null): LSN of the transaction's commit record.
 pub const COMMIT_LSN_COLUMN: &str = "_commit_lsn";
-/// `_commit_ts` (Timestamp(µs, "UTC"), non-null): commit time of the transaction.
+/// `_commit_ts` (Timestamp(µs, "+00:00"), non-null): commit time of the transaction.
 pub const COMMIT_TS_COLUMN: &str = "_commit_ts";
 /// `_xid` (UInt32, non-null): transaction id.
 pub const XID_COLUMN: &str = "_xid";

@@ -438,7 +438,7 @@ fn timestamptz_with_offsets() {
     );
     assert_eq!(
         a.data_type(),
-        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
     );
     let a = a.as_primitive::<TimestampMicrosecondType>();
     let base = 1_795_487_816_000_000;
@@ -776,7 +776,7 @@ fn metadata_columns() {
     let ts = batch.column_by_name(COMMIT_TS_COLUMN).unwrap();
     assert_eq!(
         ts.data_type(),
-        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
     );
     assert_eq!(
         ts.as_primitive::<TimestampMicrosecondType>().value(0),

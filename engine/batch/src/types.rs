@@ -7,7 +7,8 @@ use arrow_schema::{DataType, Field, TimeUnit};
 use lily_pgoutput::Type;
 
 /// The time zone every `timestamptz` and `_commit_ts` column carries.
-pub(crate) const UTC: &str = "UTC";
+/// Offset form rather than "UTC": Arrow resolves offsets without a time-zone database.
+pub(crate) const UTC: &str = "+00:00";
 
 /// How one scalar value is parsed and stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -128,6 +128,8 @@ impl AckTracker {
         }
         if let Some(lsn) = confirmed {
             self.feedback.confirm(lsn);
+            // Report it soon rather than at the next tick; the sender rate-limits these.
+            self.feedback.send_status_now();
         }
     }
 

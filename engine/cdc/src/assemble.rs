@@ -62,6 +62,8 @@ pub(crate) struct Assembler {
     group_end: Option<(Lsn, Lsn, PgTimestamp)>,
     /// A closed group's checkpoint that no batch carries.
     bare: Option<BareCheckpoint>,
+    /// Batches of the open group already sent without its checkpoint.
+    group_sent: bool,
 }
 
 impl Assembler {
@@ -77,6 +79,7 @@ impl Assembler {
             txn: None,
             group_end: None,
             bare: None,
+            group_sent: false,
         }
     }
 
@@ -99,6 +102,7 @@ impl Assembler {
         self.txn = None;
         self.group_end = None;
         self.bare = None;
+        self.group_sent = false;
         self.relations.clear();
     }
 
@@ -157,6 +161,11 @@ impl Assembler {
                 self.types.insert(t.id, t);
             }
             Message::Relation(r) => {
+                // With publish_via_partition_root the root's Relation is sent again for every
+                // partition first touched in a session; an unchanged shape changes nothing.
+                if self.relations.get(&r.id).is_some_and(|s| same_shape(s, &r)) {
+                    return Ok(());
+                }
                 let schema = TableSchema::from_relation(&r, &self.types).map_err(|source| {
                     CaptureError::Batch {
                         table: format!("{}.{}", r.namespace, r.name),
@@ -216,6 +225,7 @@ impl Assembler {
                     commit_ts,
                     checkpoint: None,
                 });
+                self.group_sent = true;
             }
             Message::Message(m) => {
                 self.flush(false, out);
@@ -231,6 +241,7 @@ impl Assembler {
                     commit_ts,
                     checkpoint: None,
                 });
+                self.group_sent = true;
             }
         }
         Ok(())
@@ -283,7 +294,8 @@ impl Assembler {
             self.first_row_at = Some(Instant::now());
         }
         // Checking bytes walks the builders; every 64 rows is often enough.
-        if self.rows >= self.limits.max_rows || (self.rows % 64 == 0 && self.over_bounds()) {
+        if self.rows >= self.limits.max_rows || (self.rows.is_multiple_of(64) && self.over_bounds())
+        {
             self.flush(false, out);
         }
     }
@@ -343,16 +355,25 @@ impl Assembler {
                     checkpoint: (i + 1 == count).then_some(end_lsn),
                 });
             }
-            if count == 0 {
+            if count == 0 && self.group_sent {
+                out.push(Emit {
+                    kind: BatchKind::Commit,
+                    commit_lsn,
+                    commit_ts,
+                    checkpoint: Some(end_lsn),
+                });
+            } else if count == 0 {
                 self.bare = Some(BareCheckpoint {
                     lsn: end_lsn,
                     commit_ts,
                 });
             }
+            self.group_sent = false;
         } else {
             open.splice(0..0, committed);
         }
         if !open.is_empty() {
+            self.group_sent = true;
             let (commit_lsn, commit_ts) = txn_commit.unwrap_or((Lsn::ZERO, 0));
             for (table, records) in open {
                 out.push(Emit {
@@ -371,4 +392,17 @@ fn batch_err(builder: &BatchBuilder, source: lily_batch::BatchError) -> CaptureE
         table: builder.schema().qualified_name(),
         source,
     }
+}
+
+fn same_shape(schema: &TableSchema, r: &lily_pgoutput::Relation) -> bool {
+    schema.namespace == r.namespace
+        && schema.name == r.name
+        && schema.replica_identity == r.replica_identity
+        && schema.columns.len() == r.columns.len()
+        && schema.columns.iter().zip(&r.columns).all(|(a, b)| {
+            a.name == b.name
+                && a.type_oid == b.type_oid
+                && a.type_modifier == b.type_modifier
+                && a.is_key == b.is_key
+        })
 }

@@ -147,6 +147,7 @@ impl Capture {
 
         let saver = tokio::spawn(save_checkpoints(
             admin,
+            cfg.connection.clone(),
             spec.slot.clone(),
             tracker.clone(),
             cfg.checkpoint_interval,
@@ -209,12 +210,12 @@ impl Capture {
                     let msg = lily_pgoutput::decode(payload).map_err(ReplicationError::from)?;
                     asm.on_message(wal_start, msg, &mut out)?;
                     asm.maybe_close(stream.has_buffered_frame(), &mut out);
-                    if (!out.is_empty() || asm.has_bare() || frames % 4096 == 0)
+                    if (!out.is_empty() || asm.has_bare() || frames.is_multiple_of(4096))
                         && !self.emit(&mut out, tracker, asm, stop).await?
                     {
                         return Ok(());
                     }
-                    if frames % 4096 == 0 {
+                    if frames.is_multiple_of(4096) {
                         metrics::counter!("lily_replication_messages_total").increment(4096);
                     }
                 }
@@ -332,24 +333,37 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// Writes the acknowledged position to `lily.checkpoints` now and then. Failures are logged and
 /// retried: the slot itself holds the position, this record only guards against a lost slot.
 async fn save_checkpoints(
-    mut conn: Connection,
+    conn: Connection,
+    config: lily_replication::ConnectionConfig,
     slot: String,
     tracker: Arc<AckTracker>,
     every: Duration,
 ) {
+    let mut conn = Some(conn);
     let mut saved = Lsn::ZERO;
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
         let lsn = tracker.data_confirmed();
-        if lsn > saved {
-            match checkpoint::save(&mut conn, &slot, lsn).await {
-                Ok(()) => saved = lsn,
+        if lsn <= saved {
+            continue;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Connection::connect(&config, Mode::Normal).await {
+                Ok(c) => conn.insert(c),
                 Err(error) => {
-                    tracing::warn!(%error, "Could not record checkpoint; will retry.");
-                    if error.is_retryable() {
-                        return;
-                    }
+                    tracing::warn!(%error, "Could not reconnect to record checkpoints; will retry.");
+                    continue;
+                }
+            },
+        };
+        match checkpoint::save(c, &slot, lsn).await {
+            Ok(()) => saved = lsn,
+            Err(error) => {
+                tracing::warn!(%error, "Could not record checkpoint; will retry.");
+                if error.is_retryable() {
+                    conn = None;
                 }
             }
         }

@@ -18,6 +18,10 @@ pub enum BatchKind {
         cascade: bool,
         restart_identity: bool,
     },
+    /// The end of a group whose batches were all sent before its last commit was read (the
+    /// transaction ended in a truncate or message, or its rows filled batches exactly). It
+    /// carries the group's checkpoint so a transactional consumer knows to commit.
+    Commit,
     /// A logical decoding message (`pg_logical_emit_message`).
     Message {
         transactional: bool,

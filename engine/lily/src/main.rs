@@ -1,1 +1,244 @@
-fn main() {}
+//! `lily`: the atlanlily engine's one binary.
+
+mod config;
+mod dev;
+mod http;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lily_cdc::Capture;
+use lily_replication::{Connection, Mode};
+use tokio::sync::watch;
+
+use crate::config::{ConsumerConfig, FileConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "lily",
+    version,
+    about = "Change capture and reverse ETL for a metadata platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the metastore schema migrations (idempotent).
+    Migrate {
+        /// Environment variable holding the database URL.
+        #[arg(long, default_value = "LILY_DATABASE_URL")]
+        url_env: String,
+    },
+    /// Run the engine with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and the source it names (preflight), without streaming.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Start a throwaway PostgreSQL, apply the schema, load example assets and run the engine.
+    Dev {
+        /// HTTP address for /metrics.
+        #[arg(long, default_value = "127.0.0.1:9187")]
+        listen: String,
+    },
+    /// Operate on the replication slot of a config file.
+    Slot {
+        #[command(subcommand)]
+        action: SlotAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlotAction {
+    /// Show the slot's state and the engine's recorded checkpoint.
+    Status,
+    /// Drop the slot and forget the checkpoint: after this, capture starts from "now" and the
+    /// changes in between are not captured. Use only after a deliberate re-snapshot.
+    Reset,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LILY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("LILY_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Migrate { url_env } => {
+            let url = std::env::var(&url_env)
+                .with_context(|| format!("environment variable {url_env} is not set"))?;
+            migrate(&url).await
+        }
+        Command::Run { config } => {
+            let cfg = FileConfig::load(&config)?;
+            run(cfg).await
+        }
+        Command::Check { config } => {
+            let cfg = FileConfig::load(&config)?;
+            let capture = cfg.capture_config()?;
+            let mut conn = Connection::connect(&capture.connection, Mode::Normal).await?;
+            let info = lily_replication::setup::preflight(&mut conn, &capture.source).await?;
+            let slot =
+                lily_replication::setup::inspect_slot(&mut conn, &capture.source.slot).await?;
+            println!(
+                "ok: server {} wal_sender_timeout {:?}; slot {}: {:?}",
+                info.server_version_num, info.wal_sender_timeout, capture.source.slot, slot
+            );
+            Ok(())
+        }
+        Command::Dev { listen } => dev::run(&listen).await,
+        Command::Slot { action, config } => {
+            let config = config.context("--config is required")?;
+            let cfg = FileConfig::load(&config)?;
+            let capture = cfg.capture_config()?;
+            let mut conn = Connection::connect(&capture.connection, Mode::Normal).await?;
+            let slot = &capture.source.slot;
+            match action {
+                SlotAction::Status => {
+                    let state = lily_replication::setup::inspect_slot(&mut conn, slot).await;
+                    let stored = lily_cdc::checkpoint::load(&mut conn, slot).await?;
+                    println!("slot {slot}: {state:?}; recorded checkpoint: {stored:?}");
+                }
+                SlotAction::Reset => {
+                    if !matches!(
+                        lily_replication::setup::inspect_slot(&mut conn, slot).await,
+                        Ok(lily_replication::SlotState::Missing)
+                    ) {
+                        lily_replication::setup::drop_slot(&mut conn, slot).await?;
+                    }
+                    lily_cdc::checkpoint::clear(&mut conn, slot).await?;
+                    eprintln!("slot {slot} dropped and checkpoint cleared; the next run starts from the current WAL position");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the metastore for migration")?;
+    let task = tokio::spawn(conn);
+    let report = lily_metastore::migrate(&client).await?;
+    tracing::info!(?report, "Migrations done.");
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}
+
+/// Starts capture and the consumers of `cfg`, and runs until Ctrl-C / SIGTERM.
+pub(crate) async fn run(cfg: FileConfig) -> anyhow::Result<()> {
+    let capture_cfg = cfg.capture_config()?;
+    run_pipeline(capture_cfg, &cfg.consumers, &cfg.http.listen).await
+}
+
+pub(crate) async fn run_pipeline(
+    capture_cfg: lily_cdc::CaptureConfig,
+    consumer_cfgs: &[ConsumerConfig],
+    listen: &str,
+) -> anyhow::Result<()> {
+    let metrics = http::install_recorder()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let listen = listen.to_string();
+    let http_ready = ready.clone();
+    tokio::spawn(async move {
+        if let Err(error) = http::serve(&listen, metrics, http_ready).await {
+            tracing::error!(%error, "HTTP endpoint failed.");
+        }
+    });
+
+    let mut capture = Capture::new(capture_cfg)?;
+    let mut consumers = tokio::task::JoinSet::new();
+    for c in consumer_cfgs {
+        let sub = capture.subscribe(c.name());
+        match c {
+            ConsumerConfig::Log { name } => {
+                let name = name.clone();
+                consumers.spawn(async move {
+                    lily_log::run(sub, std::io::stdout())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
+                });
+            }
+            ConsumerConfig::Mirror {
+                name,
+                target_url_env,
+            } => {
+                let url = std::env::var(target_url_env).with_context(|| {
+                    format!("consumer {name}: environment variable {target_url_env} is not set")
+                })?;
+                let name = name.clone();
+                consumers.spawn(async move {
+                    lily_mirror::run(&url, sub)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
+                });
+            }
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("Shutdown requested; draining.");
+        let _ = stop_tx.send(true);
+    });
+    ready.store(true, Ordering::Release);
+    let result = capture.run(stop_rx).await;
+    ready.store(false, Ordering::Release);
+    // Capture dropped its senders, so consumers see the end of their queue and return.
+    while let Some(joined) = consumers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "Consumer failed."),
+            Err(error) => tracing::error!(%error, "Consumer task panicked."),
+        }
+    }
+    result.map_err(Into::into)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -269,12 +269,20 @@ async fn status_sender(
     let mut out = BytesMut::with_capacity(64);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Early reports (on request or on a new confirmed position) are spaced at least this far
+    // apart, so a busy stream does not turn every acknowledgement into a message.
+    const MIN_GAP: Duration = Duration::from_millis(50);
+    let mut last_sent = tokio::time::Instant::now();
     loop {
         let stopping = tokio::select! {
             _ = ticker.tick() => false,
-            _ = feedback.wake.notified() => false,
+            _ = feedback.wake.notified() => {
+                tokio::time::sleep_until(last_sent + MIN_GAP).await;
+                false
+            }
             _ = stop.notified() => true,
         };
+        last_sent = tokio::time::Instant::now();
         let confirmed = feedback.confirmed();
         status_update(&mut out, feedback.received(), confirmed);
         let sent = async {

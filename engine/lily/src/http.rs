@@ -1,0 +1,65 @@
+//! /metrics (Prometheus text), /healthz (the process is up) and /readyz (capture is streaming).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the global metrics recorder. Call once, before anything records.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &buckets,
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("lily_batch_rows".into()),
+            &[1.0, 10.0, 100.0, 1000.0, 4096.0, 8192.0, 65536.0],
+        )?
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+}
+
+/// Serves until the process ends.
+pub async fn serve(
+    listen: &str,
+    metrics: PrometheusHandle,
+    ready: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, "HTTP endpoint listening.");
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, ready });
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn render(State(s): State<AppState>) -> String {
+    s.metrics.render()
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
