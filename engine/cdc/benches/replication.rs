@@ -57,6 +57,27 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `LILY_BENCH_LINGER_US` overrides the engine's default group linger.
+fn linger() -> Duration {
+    match std::env::var("LILY_BENCH_LINGER_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(us) => Duration::from_micros(us),
+        None => {
+            CaptureConfig::new(
+                ConnectionConfig::from_url("postgres://x@localhost/x").unwrap(),
+                SourceSpec {
+                    slot: "x".into(),
+                    publication: "x".into(),
+                    tables: vec![],
+                },
+            )
+            .batch_linger
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -112,6 +133,7 @@ async fn engine_run(cluster: &PgCluster, slot: &str, expect_rows: u64) -> Durati
         },
     );
     cfg.status_interval = Some(Duration::from_millis(100));
+    cfg.batch_linger = linger();
     let started = Instant::now();
     let mut capture = Capture::new(cfg).unwrap();
     let mut sub = capture.subscribe("count");
@@ -168,8 +190,20 @@ async fn throughput(
         .get(0);
     let (mut reference, mut engine) = (Vec::new(), Vec::new());
     for r in 0..runs {
-        let rt = reference_run(cluster, &format!("{label}_ref_{r}"), &end);
-        let et = engine_run(cluster, &format!("{label}_lily_{r}"), changes).await;
+        // Alternate which side reads first, so neither always gets the warmer WAL cache.
+        let (rt, et) = if r % 2 == 0 {
+            let rt = reference_run(cluster, &format!("{label}_ref_{r}"), &end);
+            (
+                rt,
+                engine_run(cluster, &format!("{label}_lily_{r}"), changes).await,
+            )
+        } else {
+            let et = engine_run(cluster, &format!("{label}_lily_{r}"), changes).await;
+            (
+                reference_run(cluster, &format!("{label}_ref_{r}"), &end),
+                et,
+            )
+        };
         println!(
             "  {label} run {r}: pg_recvlogical {:.2}s ({:.0}/s), lily {:.2}s ({:.0}/s)",
             rt.as_secs_f64(),
@@ -180,12 +214,7 @@ async fn throughput(
         reference.push(changes as f64 / rt.as_secs_f64());
         engine.push(changes as f64 / et.as_secs_f64());
         for side in ["ref", "lily"] {
-            c.execute(
-                "SELECT pg_drop_replication_slot($1)",
-                &[&format!("{label}_{side}_{r}")],
-            )
-            .await
-            .unwrap();
+            drop_slot_when_released(c, &format!("{label}_{side}_{r}")).await;
         }
     }
     let (rm, em) = (median(reference), median(engine));
@@ -198,6 +227,23 @@ async fn throughput(
     );
 }
 
+/// The walsender of a finished run exits a moment after its client; wait for the slot to be free.
+async fn drop_slot_when_released(c: &tokio_postgres::Client, slot: &str) {
+    for _ in 0..200 {
+        match c
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("dropping {slot}: {e}"),
+        }
+    }
+    panic!("slot {slot} stayed active");
+}
+
 async fn latency(cluster: &PgCluster, rate: u64, seconds: u64) {
     let mut cfg = CaptureConfig::new(
         ConnectionConfig::from_url(&cluster.url("bench")).unwrap(),
@@ -208,6 +254,7 @@ async fn latency(cluster: &PgCluster, rate: u64, seconds: u64) {
         },
     );
     cfg.status_interval = Some(Duration::from_millis(500));
+    cfg.batch_linger = linger();
     let mut capture = Capture::new(cfg).unwrap();
     let mut sub = capture.subscribe("latency");
     let (stop, stop_rx) = watch::channel(false);

@@ -46,6 +46,10 @@ pub(crate) struct Limits {
     pub max_rows: usize,
     pub max_bytes: usize,
     pub max_latency: Duration,
+    /// How long a finished group waits for the next transaction before it is sent, when no
+    /// frame is buffered. Zero sends at once; a little lets a fast stream of small
+    /// transactions share batches.
+    pub linger: Duration,
 }
 
 pub(crate) struct Assembler {
@@ -60,6 +64,8 @@ pub(crate) struct Assembler {
     txn: Option<Txn>,
     /// End LSN and time of the last commit in the open group.
     group_end: Option<(Lsn, Lsn, PgTimestamp)>,
+    /// When the group's first transaction committed (start of the linger).
+    first_commit_at: Option<Instant>,
     /// A closed group's checkpoint that no batch carries.
     bare: Option<BareCheckpoint>,
     /// Batches of the open group already sent without its checkpoint.
@@ -78,6 +84,7 @@ impl Assembler {
             first_row_at: None,
             txn: None,
             group_end: None,
+            first_commit_at: None,
             bare: None,
             group_sent: false,
         }
@@ -101,6 +108,7 @@ impl Assembler {
         self.first_row_at = None;
         self.txn = None;
         self.group_end = None;
+        self.first_commit_at = None;
         self.bare = None;
         self.group_sent = false;
         self.relations.clear();
@@ -116,7 +124,16 @@ impl Assembler {
 
     /// When the latency bound forces a flush, if rows are waiting.
     pub fn deadline(&self) -> Option<Instant> {
-        self.first_row_at.map(|t| t + self.limits.max_latency)
+        let latency = self.first_row_at.map(|t| t + self.limits.max_latency);
+        // The linger applies between transactions only; an open one closes on its commit.
+        let linger = match self.txn {
+            None => self.first_commit_at.map(|t| t + self.limits.linger),
+            Some(_) => None,
+        };
+        match (latency, linger) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn bytes(&self) -> usize {
@@ -152,7 +169,9 @@ impl Assembler {
                 }
                 self.group_end = Some((c.commit_lsn, c.end_lsn, c.commit_ts));
                 // A group of commits without rows still has to close in time.
-                self.first_row_at.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                self.first_row_at.get_or_insert(now);
+                self.first_commit_at.get_or_insert(now);
                 metrics::gauge!("lily_replication_lag_seconds")
                     .set((crate::ack::now_pg_micros() - c.commit_ts).max(0) as f64 / 1e6);
             }
@@ -306,11 +325,12 @@ impl Assembler {
         if self.txn.is_some() || self.group_end.is_none() {
             return;
         }
-        let latency_due = self.deadline().is_some_and(|d| Instant::now() >= d);
-        if more_buffered && !self.over_bounds() && !latency_due {
-            return;
+        let due = self.deadline().is_some_and(|d| Instant::now() >= d);
+        let idle_now = !more_buffered && self.limits.linger.is_zero();
+        if due || idle_now || self.over_bounds() {
+            self.flush(true, out);
         }
-        self.flush(true, out);
+        // Otherwise the group waits for more frames or for its deadline (the caller's timer).
     }
 
     /// The latency bound passed while waiting for frames.
@@ -344,6 +364,7 @@ impl Assembler {
         }
         self.rows = 0;
         self.first_row_at = None;
+        self.first_commit_at = None;
 
         if let Some((commit_lsn, end_lsn, commit_ts)) = group_end {
             let count = committed.len();

@@ -21,10 +21,31 @@ pub struct Capture {
     config: CaptureConfig,
     consumers: Vec<(String, mpsc::Sender<Delivery>)>,
     feedback: Arc<Feedback>,
+    counters: std::sync::Mutex<std::collections::HashMap<u32, metrics::Counter>>,
 }
 
 enum SessionEnd {
     Stopped,
+}
+
+/// Raised when a consumer drops its subscription (its task ended or failed). Capture must stop
+/// then: that consumer will never acknowledge, so nothing past it can be confirmed, and a
+/// PostgreSQL shutdown would wait forever on the stale position.
+#[derive(Default)]
+struct ConsumerWatch {
+    gone: std::sync::atomic::AtomicBool,
+    name: std::sync::Mutex<Option<String>>,
+    notify: tokio::sync::Notify,
+}
+
+impl ConsumerWatch {
+    fn gone(&self) -> Option<CaptureError> {
+        if !self.gone.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let name = self.name.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Some(CaptureError::ConsumerGone(name.unwrap_or_default()))
+    }
 }
 
 impl Capture {
@@ -34,6 +55,7 @@ impl Capture {
             config,
             consumers: Vec::new(),
             feedback: Feedback::new(Lsn::ZERO),
+            counters: Default::default(),
         })
     }
 
@@ -52,16 +74,47 @@ impl Capture {
 
     /// Runs until `stop` turns true (or its sender is dropped), or a permanent error.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), CaptureError> {
+        let watch = Arc::new(ConsumerWatch::default());
+        let mut watchers = tokio::task::JoinSet::new();
+        for (name, tx) in &self.consumers {
+            let (name, tx, watch) = (name.clone(), tx.clone(), watch.clone());
+            watchers.spawn(async move {
+                tx.closed().await;
+                *watch.name.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
+                watch.gone.store(true, std::sync::atomic::Ordering::Release);
+                watch.notify.notify_one();
+            });
+        }
+        let result = self.run_sessions(&mut stop, &watch).await;
+        watchers.abort_all();
+        result
+    }
+
+    async fn run_sessions(
+        &self,
+        stop: &mut watch::Receiver<bool>,
+        watch: &Arc<ConsumerWatch>,
+    ) -> Result<(), CaptureError> {
         let tracker = AckTracker::new(self.consumers.len(), self.feedback.clone());
         let mut asm = Assembler::new(Limits {
             max_rows: self.config.batch_max_rows,
             max_bytes: self.config.batch_max_bytes,
             max_latency: self.config.batch_max_latency,
+            linger: self.config.batch_linger,
         });
         let mut backoff = self.config.reconnect_initial;
         loop {
             let started = std::time::Instant::now();
-            match self.session(&tracker, &mut asm, &mut stop).await {
+            let span = tracing::info_span!("capture", slot = %self.config.source.slot);
+            if let Some(e) = watch.gone() {
+                return Err(e);
+            }
+            match tracing::Instrument::instrument(
+                self.session(&tracker, &mut asm, stop, watch),
+                span,
+            )
+            .await
+            {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Err(error) if error.is_retryable() => {
                     metrics::counter!("lily_replication_reconnects_total").increment(1);
@@ -73,7 +126,7 @@ impl Capture {
                     tracing::warn!(%error, retry_in = ?(backoff + jitter), "Replication session ended; reconnecting.");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff + jitter) => {}
-                        _ = stopped(&mut stop) => return Ok(()),
+                        _ = stopped(stop) => return Ok(()),
                     }
                     backoff = (backoff * 2).min(self.config.reconnect_max);
                 }
@@ -90,6 +143,7 @@ impl Capture {
         tracker: &Arc<AckTracker>,
         asm: &mut Assembler,
         stop: &mut watch::Receiver<bool>,
+        watch: &ConsumerWatch,
     ) -> Result<SessionEnd, CaptureError> {
         let cfg = &self.config;
         let spec = &cfg.source;
@@ -152,7 +206,9 @@ impl Capture {
             tracker.clone(),
             cfg.checkpoint_interval,
         ));
-        let result = self.stream_loop(&mut stream, tracker, asm, stop).await;
+        let result = self
+            .stream_loop(&mut stream, tracker, asm, stop, watch)
+            .await;
         saver.abort();
         match result {
             Ok(()) => {
@@ -181,23 +237,60 @@ impl Capture {
         tracker: &Arc<AckTracker>,
         asm: &mut Assembler,
         stop: &mut watch::Receiver<bool>,
+        watch: &ConsumerWatch,
     ) -> Result<(), CaptureError> {
         let mut out: Vec<Emit> = Vec::new();
         let mut frames: u64 = 0;
         let mut server_end = Lsn::ZERO;
+        // One timer for the batch deadline, re-armed only when the deadline changes.
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<tokio::time::Instant> = None;
         loop {
-            let deadline = asm.deadline().map(tokio::time::Instant::from_std);
-            let event = tokio::select! {
-                biased;
-                _ = stopped(stop) => return Ok(()),
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
-                    asm.on_deadline(&mut out);
-                    if !self.emit(&mut out, tracker, asm, stop).await? {
+            let deadline = asm.deadline();
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                asm.on_deadline(&mut out);
+                if !self.emit(&mut out, tracker, asm, stop).await? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let event = if stream.has_buffered_frame() {
+                // Hot path: the next frame is already in memory, so reading it cannot wait.
+                // Skip the select (and its timer and stop-signal registrations) per frame.
+                if frames.is_multiple_of(1024) {
+                    if *stop.borrow() {
                         return Ok(());
                     }
-                    continue;
+                    if let Some(e) = watch.gone() {
+                        return Err(e);
+                    }
                 }
-                event = stream.next() => event?,
+                stream.next().await?
+            } else {
+                let deadline = deadline.map(tokio::time::Instant::from_std);
+                if deadline != armed {
+                    if let Some(d) = deadline {
+                        sleep.as_mut().reset(d);
+                    }
+                    armed = deadline;
+                }
+                tokio::select! {
+                    biased;
+                    _ = stopped(stop) => return Ok(()),
+                    _ = watch.notify.notified() => {
+                        return Err(watch.gone().unwrap_or_else(|| CaptureError::ConsumerGone(String::new())));
+                    }
+                    _ = &mut sleep, if armed.is_some() => {
+                        armed = None;
+                        asm.on_deadline(&mut out);
+                        if !self.emit(&mut out, tracker, asm, stop).await? {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    event = stream.next() => event?,
+                }
             };
             match event {
                 WalEvent::Data {
@@ -263,7 +356,7 @@ impl Capture {
         for e in out.drain(..) {
             let seq = tracker.next_seq();
             if let BatchKind::Rows { table, records } = &e.kind {
-                metrics::counter!("lily_changes_total", "table" => table.qualified_name())
+                self.changes_counter(table)
                     .increment(records.num_rows() as u64);
             }
             let batch = Arc::new(ChangeBatch {
@@ -301,6 +394,17 @@ impl Capture {
         }
         metrics::gauge!("lily_consumer_outstanding_batches").set(tracker.outstanding() as f64);
         Ok(true)
+    }
+
+    /// The per-table change counter, looked up once per table rather than once per batch.
+    fn changes_counter(&self, table: &lily_batch::TableSchema) -> metrics::Counter {
+        let mut cache = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(table.relation_id)
+            .or_insert_with(
+                || metrics::counter!("lily_changes_total", "table" => table.qualified_name()),
+            )
+            .clone()
     }
 
     /// Gives consumers a bounded time to acknowledge what they hold before the final status.

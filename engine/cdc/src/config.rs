@@ -13,6 +13,9 @@ pub struct CaptureConfig {
     pub batch_max_bytes: usize,
     /// A batch with rows waits at most this long for more before it is sent.
     pub batch_max_latency: Duration,
+    /// How long a finished group of transactions waits for the next one when nothing is
+    /// buffered, so a fast stream of small transactions shares batches. Zero sends at once.
+    pub batch_linger: Duration,
     /// Batches each consumer may hold unacknowledged before capture waits (backpressure).
     pub consumer_queue: usize,
     /// Standby status cadence; `None` picks a third of `wal_sender_timeout`, at most 10 s.
@@ -34,6 +37,7 @@ impl CaptureConfig {
             batch_max_rows: 8192,
             batch_max_bytes: 8 << 20,
             batch_max_latency: Duration::from_millis(50),
+            batch_linger: Duration::from_millis(1),
             consumer_queue: 16,
             status_interval: None,
             reconnect_initial: Duration::from_millis(200),
@@ -47,6 +51,9 @@ impl CaptureConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.batch_max_rows == 0 || self.batch_max_bytes == 0 {
             return Err("batch bounds must be positive".into());
+        }
+        if self.batch_linger > self.batch_max_latency {
+            return Err("batch linger must not exceed the batch latency bound".into());
         }
         if self.consumer_queue == 0 {
             return Err("consumer_queue must be at least 1".into());

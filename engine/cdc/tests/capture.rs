@@ -629,3 +629,81 @@ async fn tls_verify_full_with_scram() {
     let seen = run.finish().await.unwrap();
     assert_eq!(ops(&rows(&seen, "public.t")), ["insert"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_is_an_error() {
+    // The slot may hold back at most 1 MB of WAL; past that a checkpoint invalidates it.
+    let cluster = PgCluster::start_with(
+        ClusterOptions::default()
+            .setting("max_slot_wal_keep_size", "1MB")
+            .setting("wal_keep_size", "0")
+            .setting("min_wal_size", "32MB")
+            .setting("max_wal_size", "64MB"),
+    )
+    .await
+    .unwrap();
+    let c = setup(
+        &cluster,
+        "src",
+        "CREATE TABLE t (id int8 primary key, v text)",
+    )
+    .await;
+    let cfg = config(&cluster, "src", &["public.t"], "s_lost");
+    let run = start(cfg.clone());
+    wait_slot(&c, "s_lost").await;
+    run.finish().await.unwrap();
+    // While the engine is down, write well past the limit and force WAL recycling.
+    for _ in 0..3 {
+        c.batch_execute(
+            "INSERT INTO t SELECT g, repeat('x', 200) FROM generate_series((SELECT coalesce(max(id), 0) + 1 FROM t), \
+             (SELECT coalesce(max(id), 0) + 100000 FROM t)) g; SELECT pg_switch_wal(); CHECKPOINT;",
+        )
+        .await
+        .unwrap();
+    }
+    let status: String = c
+        .query_one(
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = 's_lost'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "lost", "the setup must invalidate the slot");
+    let run = start(cfg);
+    let err = tokio::time::timeout(Duration::from_secs(30), run.capture)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            CaptureError::Replication(ReplicationError::SlotLost { .. })
+        ),
+        "{text}"
+    );
+    assert!(text.contains("s_lost") && text.contains("lost"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_goes_away_stops_capture_even_when_idle() {
+    let cluster = PgCluster::start().await.unwrap();
+    let c = setup(&cluster, "src", "CREATE TABLE t (id int primary key)").await;
+    let mut capture = Capture::new(config(&cluster, "src", &["public.t"], "s_gone")).unwrap();
+    let sub = capture.subscribe("quitter");
+    let (_stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(capture.run(stop_rx));
+    wait_slot(&c, "s_gone").await;
+    drop(sub);
+    let err = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("capture notices without any change flowing")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, CaptureError::ConsumerGone(n) if n == "quitter"),
+        "{err}"
+    );
+}

@@ -82,6 +82,13 @@ pub struct BatchConfig {
     /// Batches a consumer may hold unacknowledged before capture waits.
     #[serde(default = "default_queue")]
     pub consumer_queue: usize,
+    /// Microseconds a finished group of transactions waits for the next one (0: send at once).
+    #[serde(default = "default_linger")]
+    pub linger_us: u64,
+}
+
+fn default_linger() -> u64 {
+    1000
 }
 
 fn default_rows() -> usize {
@@ -104,6 +111,7 @@ impl Default for BatchConfig {
             max_bytes: default_bytes(),
             max_latency_ms: default_latency(),
             consumer_queue: default_queue(),
+            linger_us: default_linger(),
         }
     }
 }
@@ -214,6 +222,7 @@ impl FileConfig {
         cfg.batch_max_bytes = self.batch.max_bytes;
         cfg.batch_max_latency = Duration::from_millis(self.batch.max_latency_ms);
         cfg.consumer_queue = self.batch.consumer_queue;
+        cfg.batch_linger = Duration::from_micros(self.batch.linger_us);
         cfg.status_interval = self.source.status_interval_ms.map(Duration::from_millis);
     }
 
@@ -301,6 +310,12 @@ name = "stdout"
         assert!(cfg.validate().unwrap_err().contains("slot"));
         let bad_consumer = GOOD.replace("type = \"log\"", "type = \"fax\"");
         assert!(toml::from_str::<FileConfig>(&bad_consumer).is_err());
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/metastore.toml");
+        FileConfig::load(&path).unwrap();
     }
 
     #[test]
