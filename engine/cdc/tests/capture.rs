@@ -79,6 +79,16 @@ fn start(cfg: CaptureConfig) -> Running {
     }
 }
 
+/// Runs capture until it stops by itself and returns its (permanent) error.
+async fn capture_error(cfg: CaptureConfig) -> CaptureError {
+    let run = start(cfg);
+    tokio::time::timeout(Duration::from_secs(30), run.capture)
+        .await
+        .expect("a permanent error stops capture")
+        .unwrap()
+        .unwrap_err()
+}
+
 async fn setup(cluster: &PgCluster, db: &str, ddl: &str) -> tokio_postgres::Client {
     cluster.create_database(db).await.unwrap();
     let c = cluster.connect(db).await.unwrap();
@@ -529,12 +539,7 @@ async fn a_dropped_slot_is_an_error_not_a_fresh_start() {
     c.batch_execute("SELECT pg_drop_replication_slot('s_drop')")
         .await
         .unwrap();
-    let run = start(cfg);
-    let err = tokio::time::timeout(Duration::from_secs(30), run.capture)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let err = capture_error(cfg).await;
     assert!(
         matches!(
             err,
@@ -562,15 +567,7 @@ async fn bad_setups_are_refused_with_what_to_do() {
     )
     .await;
     drop(c);
-    let run_err = |cfg: CaptureConfig| async move {
-        let run = start(cfg);
-        tokio::time::timeout(Duration::from_secs(30), run.capture)
-            .await
-            .expect("a permanent error stops capture")
-            .unwrap()
-            .unwrap_err()
-            .to_string()
-    };
+    let run_err = |cfg: CaptureConfig| async move { capture_error(cfg).await.to_string() };
     let e = run_err(config(&cluster, "src", &["public.nokey"], "s_bad")).await;
     assert!(
         e.contains("public.nokey") && e.contains("REPLICA IDENTITY FULL"),
@@ -670,12 +667,7 @@ async fn an_invalidated_slot_is_an_error() {
         .unwrap()
         .get(0);
     assert_eq!(status, "lost", "the setup must invalidate the slot");
-    let run = start(cfg);
-    let err = tokio::time::timeout(Duration::from_secs(30), run.capture)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap_err();
+    let err = capture_error(cfg).await;
     let text = err.to_string();
     assert!(
         matches!(
