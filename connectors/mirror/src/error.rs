@@ -78,6 +78,17 @@ impl MirrorError {
         }
     }
 
+    /// Whether the target refused a connection because it is shutting down (SQLSTATE 57P03 with
+    /// PostgreSQL's English message; a translated message is not recognized).
+    pub(crate) fn is_target_shutting_down(&self) -> bool {
+        match self {
+            MirrorError::Connect { source, .. } => source.as_db_error().is_some_and(|db| {
+                db.code().code() == "57P03" && db.message().contains("shutting down")
+            }),
+            _ => false,
+        }
+    }
+
     /// The target table the error concerns, as `schema.table`.
     pub fn table(&self) -> Option<&str> {
         match self {

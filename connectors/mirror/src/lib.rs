@@ -4,12 +4,24 @@
 //! The mirror is a transactional sink with at-least-once delivery:
 //!
 //! - A database transaction opens with the first batch of a group and commits at the batch that
-//!   carries a checkpoint; only then are the group's batches acknowledged, in order. On an error
-//!   the transaction rolls back and nothing of it is acknowledged, so capture delivers it again
-//!   after a restart.
+//!   carries a checkpoint; only then are the group's batches acknowledged, in order. Until then
+//!   the mirror holds the group's deliveries (capture does not send a batch twice in one
+//!   process).
+//! - On a retryable error (the target restarted, the connection dropped, a deadlock or
+//!   serialization failure; see [`MirrorError::is_retryable`]) [`run`] rolls back, drops the
+//!   connection, reconnects with exponential backoff and applies every held batch again, in
+//!   order, in a new transaction, then goes on. A COMMIT that fails on a lost connection has an
+//!   unknown outcome; the held batches are applied again and committed again all the same (see
+//!   the next point), and acknowledged only then. It keeps retrying for as long as the
+//!   subscription is open, except against a target that stays in shutdown while batches are
+//!   held (see [`MirrorOptions::shutdown_wait`]). On a permanent error the transaction rolls
+//!   back, nothing of it is acknowledged (capture delivers it again after a restart) and [`run`]
+//!   returns the error.
 //! - Applying is idempotent, so a replayed suffix of history converges to the same state: inserts
 //!   are upserts on the key, updates that change the key delete the old key, deletes by key miss
 //!   harmlessly, and values left out of the stream (unchanged TOAST) are kept from the target.
+//!   (Tables without a key in the target are the exception: a replayed insert adds the row
+//!   again.)
 //! - Applying is set-based: a batch of thousands of rows is a handful of statements over
 //!   `unnest($n::text[])` parameters, prepared once per shape (the `apply` module says how rows
 //!   fold into statements).
@@ -27,11 +39,11 @@ pub mod render;
 mod sql;
 mod table;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lily_cdc::{Ack, BatchKind, ChangeBatch, Delivery, Subscription};
+use lily_cdc::{BatchKind, ChangeBatch, Delivery, Subscription};
 use lily_replication::{ConnectionConfig, SslMode};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
@@ -56,6 +68,19 @@ pub struct MirrorOptions {
     /// Committing early is safe: batches are durably applied before they are acknowledged, and
     /// applying is idempotent. `None` waits for a checkpoint, always.
     pub idle_commit: Option<Duration>,
+    /// The first wait before reconnecting after a retryable error; it doubles on every failed
+    /// attempt up to `reconnect_max`, plus up to a quarter of it of random jitter.
+    pub reconnect_initial: Duration,
+    /// The longest wait between two reconnection attempts.
+    pub reconnect_max: Duration,
+    /// Give up (end [`run`] with the error) once the target has answered "the database system
+    /// is shutting down" for this long while the mirror holds batches it could not commit.
+    /// When the target is the source's server, PostgreSQL's shutdown waits for capture to
+    /// confirm everything it sent, which it cannot while a consumer holds unapplied batches:
+    /// retrying forever would keep the server from ever finishing its shutdown. Giving up ends
+    /// the consumer (and the engine), which releases the server. `None` retries for as long as
+    /// the subscription is open.
+    pub shutdown_wait: Option<Duration>,
 }
 
 impl Default for MirrorOptions {
@@ -63,6 +88,9 @@ impl Default for MirrorOptions {
         MirrorOptions {
             replica_role: true,
             idle_commit: None,
+            reconnect_initial: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+            shutdown_wait: Some(Duration::from_secs(20)),
         }
     }
 }
@@ -75,29 +103,53 @@ pub struct MirrorStats {
     pub statements: u64,
     pub commits: u64,
     pub truncates: u64,
+    /// New connections to the target after a retryable error.
+    pub reconnects: u64,
+    /// Batches applied again after a reconnection (also counted in `batches` and `rows`).
+    pub reapplied: u64,
     /// Time spent turning batches into statement parameters (folding rows, rendering text).
     pub prepare_time: Duration,
     /// Time spent waiting for the target to run the statements (COMMIT included).
     pub execute_time: Duration,
 }
 
-/// A connection to the target database that applies deliveries in order.
-pub struct Mirror {
+/// How long a best-effort ROLLBACK on a connection about to be dropped may take.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many deliveries [`run`] takes from the subscription, without applying them, while it
+/// waits to reconnect. Taking them lets it notice that the subscription ended (capture stopped)
+/// and stop retrying; the bound keeps a long outage from buffering the stream in memory (capture
+/// waits for the consumer instead, and PostgreSQL keeps the WAL).
+const MAX_LOOKAHEAD: usize = 64;
+
+/// One connection to the target: the client and the task driving its socket.
+struct Session {
     client: Client,
     connection: tokio::task::JoinHandle<()>,
-    options: MirrorOptions,
-    plans: HashMap<(String, String), Arc<TablePlan>>,
-    statements: HashMap<String, Statement>,
-    in_transaction: bool,
-    /// Acknowledgements of the batches applied in the open transaction, in delivery order.
-    held: Vec<Ack>,
-    stats: MirrorStats,
 }
 
-impl Drop for Mirror {
+impl Drop for Session {
     fn drop(&mut self) {
         self.connection.abort();
     }
+}
+
+/// A connection to the target database that applies deliveries in order.
+pub struct Mirror {
+    pg: tokio_postgres::Config,
+    /// `host:port/db`, for messages.
+    target: String,
+    session: Session,
+    options: MirrorOptions,
+    /// Keyed to the target's catalog as read on the current connection.
+    plans: HashMap<(String, String), Arc<TablePlan>>,
+    /// Prepared on the current connection; useless on another.
+    statements: HashMap<String, Statement>,
+    in_transaction: bool,
+    /// The deliveries applied in the open transaction (or, after a retryable error, to be
+    /// applied again), in delivery order. Acknowledged once their transaction commits.
+    held: Vec<Delivery>,
+    stats: MirrorStats,
 }
 
 impl Mirror {
@@ -129,47 +181,12 @@ impl Mirror {
             })
             .connect_timeout(cfg.connect_timeout)
             .ssl_mode(tokio_postgres::config::SslMode::Disable);
-        let (client, connection) =
-            pg.connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|source| MirrorError::Connect {
-                    target: target.clone(),
-                    detail: error::describe(&source),
-                    source,
-                })?;
-        let connection = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(error = %error::describe(&error), "Mirror connection to the target ended.");
-            }
-        });
-        client
-            .batch_execute(
-                "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'postgres'",
-            )
-            .await
-            .map_err(|e| MirrorError::transaction("setting up the session", e))?;
-        if options.replica_role {
-            if let Err(e) = client
-                .batch_execute("SET session_replication_role = replica")
-                .await
-            {
-                if e.code().map(|c| c.code()) == Some("42501") {
-                    tracing::warn!(
-                        "The mirror's role may not set session_replication_role; triggers and foreign keys of the \
-                         target tables stay active."
-                    );
-                } else {
-                    return Err(MirrorError::transaction(
-                        "setting session_replication_role",
-                        e,
-                    ));
-                }
-            }
-        }
+        let session = open_session(&pg, &target, &options).await?;
         tracing::info!(%target, "Mirror connected.");
         Ok(Mirror {
-            client,
-            connection,
+            pg,
+            target,
+            session,
             options,
             plans: HashMap::new(),
             statements: HashMap::new(),
@@ -192,16 +209,25 @@ impl Mirror {
         self.in_transaction || !self.held.is_empty()
     }
 
+    /// How many deliveries the mirror holds unacknowledged (applied in the open transaction, or
+    /// waiting to be applied again after a retryable error).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
     /// Applies one delivery; commits and acknowledges the group when the batch carries a
-    /// checkpoint. On an error the open transaction is rolled back and none of its batches is
-    /// acknowledged.
+    /// checkpoint.
+    ///
+    /// On a permanent error the open transaction is rolled back and none of its batches is
+    /// acknowledged. On a retryable one ([`MirrorError::is_retryable`]) the mirror keeps holding
+    /// the deliveries of the failed transaction, this one included: [`Mirror::reconnect`] applies
+    /// them again on a new connection (dropping the mirror leaves them unacknowledged).
     pub async fn apply(&mut self, delivery: Delivery) -> Result<(), MirrorError> {
-        let Delivery { batch, ack } = delivery;
+        let batch = delivery.batch.clone();
+        self.held.push(delivery);
         if let Err(e) = self.apply_batch(&batch).await {
-            self.rollback().await;
-            return Err(e);
+            return Err(self.failed(e).await);
         }
-        self.held.push(ack);
         self.stats.batches += 1;
         if batch.checkpoint.is_some() {
             self.commit().await?;
@@ -210,38 +236,103 @@ impl Mirror {
     }
 
     /// Commits the open transaction (if any) and acknowledges every batch it holds, in order.
+    ///
+    /// A COMMIT that fails on a retryable error (a lost connection: it may or may not have
+    /// committed) keeps the batches held, for [`Mirror::reconnect`] to apply and commit again.
     pub async fn commit(&mut self) -> Result<(), MirrorError> {
         if self.in_transaction {
             self.in_transaction = false;
             let started = std::time::Instant::now();
-            if let Err(e) = self.client.batch_execute("COMMIT").await {
-                self.held.clear();
-                return Err(MirrorError::transaction("COMMIT", e));
+            if let Err(e) = self.session.client.batch_execute("COMMIT").await {
+                return Err(self.failed(MirrorError::transaction("COMMIT", e)).await);
             }
             self.stats.execute_time += started.elapsed();
             self.stats.commits += 1;
             metrics::counter!("lily_mirror_commits_total").increment(1);
         }
-        for ack in self.held.drain(..) {
-            ack.ack();
+        for delivery in self.held.drain(..) {
+            delivery.ack();
         }
         Ok(())
     }
 
-    /// Rolls back the open transaction; its batches stay unacknowledged.
+    /// Rolls back the open transaction; its batches stay unacknowledged (and are dropped).
     pub async fn rollback(&mut self) {
         self.held.clear();
+        self.rollback_transaction().await;
+    }
+
+    /// After a retryable error: drops the connection, connects again and applies every held
+    /// delivery again, in order, in a new transaction; commits and acknowledges them if the last
+    /// one carries a checkpoint (its COMMIT is what failed, or had not been reached). One
+    /// attempt: on an error the deliveries stay held (for another attempt if it is retryable).
+    pub async fn reconnect(&mut self) -> Result<(), MirrorError> {
+        self.drop_session().await;
+        let session = open_session(&self.pg, &self.target, &self.options).await?;
+        self.session = session;
+        self.stats.reconnects += 1;
+        metrics::counter!("lily_mirror_reconnects_total").increment(1);
+        tracing::info!(target = %self.target, held = self.held.len(), "Mirror reconnected; applying the held batches again.");
+        let batches: Vec<Arc<ChangeBatch>> = self.held.iter().map(|d| d.batch.clone()).collect();
+        for batch in &batches {
+            if let Err(e) = self.apply_batch(batch).await {
+                return Err(self.failed(e).await);
+            }
+            self.stats.batches += 1;
+            self.stats.reapplied += 1;
+        }
+        if batches.last().is_some_and(|b| b.checkpoint.is_some()) {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// What to do with the transaction after `error`: a permanent error rolls it back and drops
+    /// its deliveries; a retryable one keeps them for [`Mirror::reconnect`].
+    async fn failed(&mut self, error: MirrorError) -> MirrorError {
+        // After a retryable error the connection is dropped (and the transaction with it) before
+        // reconnecting.
+        if !error.is_retryable() {
+            self.rollback().await;
+        }
+        error
+    }
+
+    /// Rolls back the open transaction, if any, on a best-effort basis.
+    async fn rollback_transaction(&mut self) {
         if self.in_transaction {
             self.in_transaction = false;
-            if let Err(e) = self.client.batch_execute("ROLLBACK").await {
-                tracing::debug!(error = %error::describe(&e), "ROLLBACK failed (the connection is probably gone).");
+            if self.session.client.is_closed() {
+                return;
+            }
+            match tokio::time::timeout(
+                ROLLBACK_TIMEOUT,
+                self.session.client.batch_execute("ROLLBACK"),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %error::describe(&e), "ROLLBACK failed (the connection is probably gone).")
+                }
+                Err(_) => tracing::debug!("ROLLBACK timed out; dropping the connection."),
             }
         }
     }
 
+    /// Rolls back what can be, closes the connection and forgets everything tied to it. The
+    /// held deliveries stay.
+    async fn drop_session(&mut self) {
+        self.rollback_transaction().await;
+        self.session.connection.abort();
+        self.statements.clear();
+        self.plans.clear();
+    }
+
     async fn begin(&mut self) -> Result<(), MirrorError> {
         if !self.in_transaction {
-            self.client
+            self.session
+                .client
                 .batch_execute("BEGIN")
                 .await
                 .map_err(|e| MirrorError::transaction("BEGIN", e))?;
@@ -269,7 +360,8 @@ impl Mirror {
                         .iter()
                         .map(|p| p as &(dyn ToSql + Sync))
                         .collect();
-                    self.client
+                    self.session
+                        .client
                         .execute(&stmt, &params)
                         .await
                         .map_err(|e| MirrorError::apply(&plan.display, step.action, e))?;
@@ -305,7 +397,8 @@ impl Mirror {
                     }
                 );
                 let display: Vec<String> = tables.iter().map(|t| t.qualified_name()).collect();
-                self.client
+                self.session
+                    .client
                     .batch_execute(&sql)
                     .await
                     .map_err(|e| MirrorError::apply(&display.join(", "), "TRUNCATE", e))?;
@@ -328,7 +421,7 @@ impl Mirror {
                 return Ok(plan.clone());
             }
         }
-        let plan = Arc::new(TablePlan::load(&self.client, schema.clone()).await?);
+        let plan = Arc::new(TablePlan::load(&self.session.client, schema.clone()).await?);
         tracing::debug!(table = %plan.display, identity = ?plan.identity, "Target table planned.");
         self.plans.insert(key, plan.clone());
         Ok(plan)
@@ -339,6 +432,7 @@ impl Mirror {
             return Ok(s.clone());
         }
         let stmt = self
+            .session
             .client
             .prepare(&sql)
             .await
@@ -348,8 +442,63 @@ impl Mirror {
     }
 }
 
+/// Opens a connection and sets the session up.
+async fn open_session(
+    pg: &tokio_postgres::Config,
+    target: &str,
+    options: &MirrorOptions,
+) -> Result<Session, MirrorError> {
+    let (client, connection) =
+        pg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| MirrorError::Connect {
+                target: target.to_string(),
+                detail: error::describe(&source),
+                source,
+            })?;
+    let connection = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(error = %error::describe(&error), "Mirror connection to the target ended.");
+        }
+    });
+    let session = Session { client, connection };
+    session
+        .client
+        .batch_execute(
+            "SET datestyle = 'ISO, YMD'; SET timezone = 'UTC'; SET intervalstyle = 'postgres'",
+        )
+        .await
+        .map_err(|e| MirrorError::transaction("setting up the session", e))?;
+    if options.replica_role {
+        if let Err(e) = session
+            .client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+        {
+            if e.code().map(|c| c.code()) == Some("42501") {
+                tracing::warn!(
+                    "The mirror's role may not set session_replication_role; triggers and foreign keys of the \
+                     target tables stay active."
+                );
+            } else {
+                return Err(MirrorError::transaction(
+                    "setting session_replication_role",
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(session)
+}
+
 /// Applies every delivery of `sub` to the database at `target_url` until the subscription ends
-/// (capture stopped); returns the first error, with the open transaction rolled back.
+/// (capture stopped).
+///
+/// A retryable error does not end it: the mirror reconnects with backoff (for as long as the
+/// subscription is open, or until [`MirrorOptions::shutdown_wait`] runs out) and applies the
+/// batches it holds again. A permanent error ends it,
+/// with the open transaction rolled back and its batches unacknowledged. The first connection
+/// is not retried: a target that cannot be reached at startup is reported at once.
 pub async fn run(target_url: &str, sub: Subscription) -> Result<(), MirrorError> {
     run_with(target_url, sub, MirrorOptions::default()).await
 }
@@ -362,27 +511,185 @@ pub async fn run_with(
 ) -> Result<(), MirrorError> {
     let mut mirror = Mirror::connect_with(target_url, options).await?;
     let idle = mirror.options.idle_commit;
+    // Deliveries taken from the subscription while reconnecting; applied before the next ones.
+    let mut lookahead: VecDeque<Delivery> = VecDeque::new();
     loop {
-        let next = match idle {
-            Some(wait) if mirror.in_transaction() => {
-                match tokio::time::timeout(wait, sub.recv()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        mirror.commit().await?;
-                        continue;
+        let next = if let Some(delivery) = lookahead.pop_front() {
+            Some(delivery)
+        } else {
+            match idle {
+                Some(wait) if mirror.in_transaction() => {
+                    match tokio::time::timeout(wait, sub.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            if let Err(e) = mirror.commit().await {
+                                if recover(&mut mirror, &mut sub, &mut lookahead, e).await?
+                                    == Recovered::SubscriptionEnded
+                                {
+                                    return Ok(());
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => sub.recv().await,
+            }
+        };
+        match next {
+            Some(delivery) => {
+                if let Err(e) = mirror.apply(delivery).await {
+                    if recover(&mut mirror, &mut sub, &mut lookahead, e).await?
+                        == Recovered::SubscriptionEnded
+                    {
+                        return Ok(());
                     }
                 }
             }
-            _ => sub.recv().await,
-        };
-        match next {
-            Some(delivery) => mirror.apply(delivery).await?,
             None => {
                 // Capture stopped: what is not committed will be delivered again.
                 mirror.rollback().await;
                 tracing::info!(stats = ?mirror.stats(), "Mirror stopped: the subscription ended.");
                 return Ok(());
             }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Recovered {
+    /// Reconnected; every held batch applied again (and committed if its group ended).
+    Reconnected,
+    /// Capture stopped while the target was away: the held batches stay unacknowledged.
+    SubscriptionEnded,
+}
+
+/// Handles `error` from `mirror`: a permanent one is returned (the transaction is rolled back
+/// already); on a retryable one, reconnects with backoff until the held batches are applied
+/// again, or the subscription ends, or a permanent error comes up.
+async fn recover(
+    mirror: &mut Mirror,
+    sub: &mut Subscription,
+    lookahead: &mut VecDeque<Delivery>,
+    mut error: MirrorError,
+) -> Result<Recovered, MirrorError> {
+    let mut backoff = Backoff::new(
+        mirror.options.reconnect_initial,
+        mirror.options.reconnect_max,
+    );
+    let mut attempt = 0u32;
+    let mut shutting_down_since: Option<std::time::Instant> = None;
+    loop {
+        if !error.is_retryable() {
+            mirror.rollback().await;
+            return Err(error);
+        }
+        if error.is_target_shutting_down() && mirror.held() > 0 {
+            let since = *shutting_down_since.get_or_insert_with(std::time::Instant::now);
+            if let Some(limit) = mirror.options.shutdown_wait {
+                if since.elapsed() >= limit {
+                    tracing::error!(
+                        %error,
+                        held = mirror.held(),
+                        waited = ?since.elapsed(),
+                        "The target has been shutting down for too long while the mirror holds batches it \
+                         could not commit; giving up (if the target is the source's server, its shutdown \
+                         waits for them)."
+                    );
+                    mirror.rollback().await;
+                    return Err(error);
+                }
+            }
+        } else {
+            shutting_down_since = None;
+        }
+        attempt += 1;
+        let wait = backoff.next_wait();
+        tracing::warn!(
+            %error,
+            attempt,
+            retry_in = ?wait,
+            held = mirror.held(),
+            "The mirror hit a retryable error on the target; reconnecting and applying its held batches again."
+        );
+        // Close the broken connection now rather than after the wait (it may hold locks).
+        mirror.drop_session().await;
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                next = sub.recv(), if lookahead.len() < MAX_LOOKAHEAD => match next {
+                    Some(delivery) => lookahead.push_back(delivery),
+                    None => {
+                        mirror.rollback().await;
+                        tracing::info!(
+                            stats = ?mirror.stats(),
+                            "Mirror stopped: the subscription ended while it was reconnecting; its held \
+                             batches are not acknowledged."
+                        );
+                        return Ok(Recovered::SubscriptionEnded);
+                    }
+                },
+            }
+        }
+        match mirror.reconnect().await {
+            Ok(()) => {
+                tracing::info!(attempt, "Mirror recovered: held batches applied again.");
+                return Ok(Recovered::Reconnected);
+            }
+            Err(e) => error = e,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `initial`, doubling up to `max`, each plus up to a quarter
+/// of it at random.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: initial.max(Duration::from_millis(1)),
+            max: max.max(initial),
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base + Duration::from_micros(jitter(base.as_micros() as u64 / 4 + 1))
+    }
+}
+
+/// A number in `0..max`. Jitter only needs to spread the reconnects of several mirrors; the
+/// clock's nanoseconds do.
+fn jitter(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    nanos % max.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let bases = [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000];
+        for base in bases {
+            let base = Duration::from_millis(base);
+            let wait = b.next_wait();
+            assert!(
+                wait >= base && wait <= base + base / 4,
+                "{wait:?} not in [{base:?}, {base:?} * 1.25]"
+            );
         }
     }
 }

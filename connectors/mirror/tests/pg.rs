@@ -1,5 +1,5 @@
-//! The mirror against a real PostgreSQL: source and target databases in one harness cluster,
-//! capture in between.
+//! The mirror against a real PostgreSQL: source and target databases in one harness cluster (or
+//! the target in a second one), capture in between.
 
 use std::time::Duration;
 
@@ -381,7 +381,8 @@ async fn errors_say_whether_a_retry_can_help() {
     assert!(!e.is_retryable(), "{e}");
     assert!(e.to_string().contains("checked_v_check"), "{e}");
 
-    // The connection dies under the mirror: retryable.
+    // The connection dies under an idle mirror: a retryable error, so the mirror reconnects and
+    // goes on; `run` does not end.
     src.batch_execute("CREATE PUBLICATION s_conn_pub FOR TABLE public.plain")
         .await
         .unwrap();
@@ -408,27 +409,290 @@ async fn errors_say_whether_a_retry_can_help() {
     })
     .await
     .unwrap();
-    dst.batch_execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'lily-mirror'",
-    )
-    .await
-    .unwrap();
+    let killed = terminate_mirror_backend(&dst).await;
     src.batch_execute("INSERT INTO public.plain VALUES (2, 2)")
         .await
         .unwrap();
-    let e = tokio::time::timeout(Duration::from_secs(30), mirror)
-        .await
-        .expect("the mirror fails within 30 s")
-        .unwrap()
-        .expect_err("the mirror fails");
-    assert!(e.is_retryable(), "{e}");
-    let _ = capture.stop().await;
+    let lsn = current_lsn(&src).await;
+    wait_for_slot(&src, "s_conn", &lsn, Duration::from_secs(30), || {
+        ended("the mirror", &mirror)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the mirror did not ride out a terminated backend: {e}"));
+    assert_ne!(mirror_backend(&dst).await.map(|b| b.pid), Some(killed));
     let rows: i64 = dst
         .query_one("SELECT count(*) FROM public.plain", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 1);
+    assert_eq!(rows, 2);
+    capture.stop().await.unwrap();
+    mirror.await.unwrap().unwrap();
+}
+
+/// The mirror's backend in the target (application name `lily-mirror`).
+#[derive(Debug)]
+struct Backend {
+    pid: i32,
+    wait_event_type: Option<String>,
+    query: String,
+}
+
+async fn mirror_backend(dst: &Client) -> Option<Backend> {
+    dst.query_opt(
+        "SELECT pid, wait_event_type::text, query FROM pg_stat_activity \
+         WHERE application_name = 'lily-mirror' AND datname = current_database()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .map(|r| Backend {
+        pid: r.get(0),
+        wait_event_type: r.get(1),
+        query: r.get(2),
+    })
+}
+
+/// Waits (at most 60 s) until the mirror's backend satisfies `cond`.
+async fn wait_for_backend(
+    dst: &Client,
+    what: &str,
+    mirror: &tokio::task::JoinHandle<Result<(), MirrorError>>,
+    cond: impl Fn(&Backend) -> bool,
+) -> Backend {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let backend = mirror_backend(dst).await;
+        if let Some(b) = backend {
+            if cond(&b) {
+                return b;
+            }
+        }
+        assert!(
+            !mirror.is_finished(),
+            "the mirror ended while waiting for: {what}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the mirror's backend: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `pg_terminate_backend` on the mirror's backend; returns its pid.
+async fn terminate_mirror_backend(dst: &Client) -> i32 {
+    let pid = mirror_backend(dst)
+        .await
+        .expect("the mirror is connected")
+        .pid;
+    let done: bool = dst
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(done, "pg_terminate_backend({pid})");
+    pid
+}
+
+/// Waits for the slot to confirm the source's current position while the mirror keeps running.
+async fn wait_caught_up(
+    src: &Client,
+    slot: &str,
+    what: &str,
+    mirror: &tokio::task::JoinHandle<Result<(), MirrorError>>,
+) {
+    let lsn = current_lsn(src).await;
+    wait_for_slot(src, slot, &lsn, Duration::from_secs(60), || {
+        ended("the mirror", mirror)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
+/// The target (its own cluster) restarts while the mirror is in the middle of a group: ten
+/// batches of one source transaction applied in the open target transaction, the eleventh
+/// waiting on a row lock. The mirror reconnects, applies the held batches again in a new
+/// transaction and commits; later it also rides out a restart between transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rides_out_target_restarts_and_reapplies_the_held_batches() {
+    init_tracing();
+    let cluster = cluster().await;
+    let target = PgCluster::start().await.expect("target cluster starts");
+    cluster.create_database("src").await.unwrap();
+    target.create_database("dst").await.unwrap();
+    let src = cluster.connect("src").await.unwrap();
+    let dst = target.connect("dst").await.unwrap();
+    for c in [&src, &dst] {
+        c.batch_execute(
+            "CREATE TABLE public.t (id int4 PRIMARY KEY, v text);
+             INSERT INTO public.t VALUES (0, 'seed');",
+        )
+        .await
+        .unwrap();
+    }
+    prepare_source(&src).await;
+    src.batch_execute("CREATE PUBLICATION r_pub FOR TABLE public.t")
+        .await
+        .unwrap();
+    src.batch_execute("SELECT pg_create_logical_replication_slot('r_slot', 'pgoutput')")
+        .await
+        .unwrap();
+    let mut cfg = capture_config(&cluster.url("src"), "r_slot", "r_pub", &["public.t"]);
+    cfg.batch_max_rows = 100;
+    let (capture, sub) = start_capture(cfg, "mirror");
+    let url = target.url("dst");
+    let mirror = tokio::spawn(async move { lily_mirror::run(&url, sub).await });
+
+    // A warm-up transaction, so the mirror has planned the table and prepared statements.
+    src.batch_execute("INSERT INTO public.t VALUES (-1, 'warm')")
+        .await
+        .unwrap();
+    wait_caught_up(&src, "r_slot", "warm-up", &mirror).await;
+
+    // Block the mirror on row 0, which the source transaction updates after 1000 inserts.
+    let locker = target.connect("dst").await.unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM public.t WHERE id = 0 FOR UPDATE")
+        .await
+        .unwrap();
+    src.batch_execute(
+        "BEGIN;
+         INSERT INTO public.t SELECT g, 'a' || g FROM generate_series(1, 1000) g;
+         UPDATE public.t SET v = 'touched' WHERE id = 0;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    let blocked = wait_for_backend(&dst, "blocked on the row lock", &mirror, |b| {
+        b.wait_event_type.as_deref() == Some("Lock")
+    })
+    .await;
+    let uncommitted: i64 = dst
+        .query_one("SELECT count(*) FROM public.t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(uncommitted, 2, "the group is not committed yet");
+    // The restart ends the locker too (were it closed first, the mirror could commit before the
+    // restart and hold nothing).
+    let started = std::time::Instant::now();
+    target.restart().await.expect("the target restarts");
+    drop((locker, dst));
+    println!(
+        "target restarted in {:.1?} (mirror backend {} was: {:?})",
+        started.elapsed(),
+        blocked.pid,
+        blocked.query
+    );
+    let dst = target.connect("dst").await.unwrap();
+    wait_caught_up(&src, "r_slot", "after a restart mid-group", &mirror).await;
+    assert_eq!(assert_same(&src, &dst, &["public.t"]).await, vec![1002]);
+
+    // A restart between transactions: the next BEGIN finds the connection gone.
+    drop(dst);
+    target.restart().await.expect("the target restarts again");
+    src.batch_execute(
+        "UPDATE public.t SET v = 'second' WHERE id <= 500;
+         DELETE FROM public.t WHERE id > 900;
+         INSERT INTO public.t SELECT g, 'b' FROM generate_series(2001, 2300) g;",
+    )
+    .await
+    .unwrap();
+    let dst = target.connect("dst").await.unwrap();
+    wait_caught_up(
+        &src,
+        "r_slot",
+        "after a restart between transactions",
+        &mirror,
+    )
+    .await;
+    assert_eq!(assert_same(&src, &dst, &["public.t"]).await, vec![1202]);
+
+    capture.stop().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), mirror)
+        .await
+        .expect("the mirror stops with capture")
+        .unwrap()
+        .unwrap();
+}
+
+/// The mirror's backend is terminated while it runs the COMMIT of a group (a deferred constraint
+/// trigger makes the COMMIT wait on an advisory lock): the outcome of the COMMIT is unknown to
+/// the mirror, which applies the held batches again on a new connection and commits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cut_off_by_a_lost_connection_is_applied_again() {
+    init_tracing();
+    let cluster = cluster().await;
+    cluster.create_database("src").await.unwrap();
+    cluster.create_database("dst").await.unwrap();
+    let src = cluster.connect("src").await.unwrap();
+    let dst = cluster.connect("dst").await.unwrap();
+    for c in [&src, &dst] {
+        c.batch_execute("CREATE TABLE public.t (id int4 PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+    }
+    dst.batch_execute(
+        "CREATE FUNCTION public.gate() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER gate AFTER INSERT OR UPDATE ON public.t
+           DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.gate();",
+    )
+    .await
+    .unwrap();
+    prepare_source(&src).await;
+    src.batch_execute("CREATE PUBLICATION c_pub FOR TABLE public.t")
+        .await
+        .unwrap();
+    src.batch_execute("SELECT pg_create_logical_replication_slot('c_slot', 'pgoutput')")
+        .await
+        .unwrap();
+    let mut cfg = capture_config(&cluster.url("src"), "c_slot", "c_pub", &["public.t"]);
+    cfg.batch_max_rows = 100;
+    let (capture, sub) = start_capture(cfg, "mirror");
+    let url = cluster.url("dst");
+    // Ordinary triggers fire only outside the replica role.
+    let options = lily_mirror::MirrorOptions {
+        replica_role: false,
+        ..Default::default()
+    };
+    let mirror = tokio::spawn(async move { lily_mirror::run_with(&url, sub, options).await });
+
+    let gate = cluster.connect("dst").await.unwrap();
+    gate.batch_execute("SELECT pg_advisory_lock(4242)")
+        .await
+        .unwrap();
+    src.batch_execute("INSERT INTO public.t SELECT g, 'a' || g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    let committing = wait_for_backend(&dst, "waiting in COMMIT", &mirror, |b| {
+        b.wait_event_type.as_deref() == Some("Lock") && b.query == "COMMIT"
+    })
+    .await;
+    let killed = terminate_mirror_backend(&dst).await;
+    assert_eq!(killed, committing.pid);
+    gate.batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
+    wait_caught_up(&src, "c_slot", "after the COMMIT was cut off", &mirror).await;
+    assert_eq!(assert_same(&src, &dst, &["public.t"]).await, vec![1000]);
+    assert_ne!(mirror_backend(&dst).await.map(|b| b.pid), Some(killed));
+
+    // And the mirror goes on with the next transactions.
+    src.batch_execute(
+        "UPDATE public.t SET v = 'x' WHERE id % 3 = 0; DELETE FROM public.t WHERE id > 990;",
+    )
+    .await
+    .unwrap();
+    wait_caught_up(&src, "c_slot", "afterwards", &mirror).await;
+    assert_eq!(assert_same(&src, &dst, &["public.t"]).await, vec![990]);
+    capture.stop().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), mirror)
+        .await
+        .expect("the mirror stops with capture")
+        .unwrap()
+        .unwrap();
 }
 
 /// Capture confirms some transactions through a checkpoint no batch carries: one that ends in a
@@ -490,4 +754,157 @@ async fn transactions_without_a_checkpoint_batch_still_commit() {
     }
     capture.stop().await.unwrap();
     mirror.await.unwrap().unwrap();
+}
+
+/// A client of the target's own walsender that never confirms: a `pg_recvlogical` stopped with
+/// SIGSTOP (killed on drop). A walsender in shutdown waits for its client to confirm everything
+/// it sent, so while this client is stopped the target's shutdown does not finish, the way a
+/// source's does when capture cannot confirm what the mirror holds.
+struct StuckClient(std::process::Child);
+
+impl Drop for StuckClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The target stays in shutdown while the mirror holds batches: after `shutdown_wait` the mirror
+/// gives up and `run` ends with the (retryable) error, which is what lets a shutdown of a source
+/// server that is also the target finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gives_up_on_a_target_that_stays_in_shutdown() {
+    init_tracing();
+    let cluster = cluster().await;
+    let target =
+        PgCluster::start_with(ClusterOptions::default().setting("wal_sender_timeout", "0"))
+            .await
+            .expect("target cluster starts");
+    cluster.create_database("src").await.unwrap();
+    target.create_database("dst").await.unwrap();
+    let src = cluster.connect("src").await.unwrap();
+    let dst = target.connect("dst").await.unwrap();
+    for c in [&src, &dst] {
+        c.batch_execute(
+            "CREATE TABLE public.t (id int4 PRIMARY KEY, v text);
+             INSERT INTO public.t VALUES (0, 'seed');",
+        )
+        .await
+        .unwrap();
+    }
+    prepare_source(&src).await;
+    src.batch_execute("CREATE PUBLICATION g_pub FOR TABLE public.t")
+        .await
+        .unwrap();
+    src.batch_execute("SELECT pg_create_logical_replication_slot('g_slot', 'pgoutput')")
+        .await
+        .unwrap();
+
+    dst.batch_execute("CREATE PUBLICATION stuck_pub")
+        .await
+        .unwrap();
+    dst.batch_execute("SELECT pg_create_logical_replication_slot('stuck', 'pgoutput')")
+        .await
+        .unwrap();
+    let child = target
+        .run_as_owner("pg_recvlogical")
+        .args([
+            "-d",
+            "dst",
+            "-S",
+            "stuck",
+            "--start",
+            "--no-loop",
+            "-s",
+            "1",
+            "-f",
+            "/dev/null",
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=stuck_pub",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("pg_recvlogical starts");
+    let stuck = StuckClient(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: Option<bool> = dst
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = 'stuck'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get(0));
+        if active == Some(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_recvlogical did not start streaming"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .arg("-STOP")
+        .arg(stuck.0.id().to_string())
+        .status()
+        .expect("run kill -STOP");
+    assert!(status.success(), "kill -STOP pg_recvlogical");
+
+    let mut cfg = capture_config(&cluster.url("src"), "g_slot", "g_pub", &["public.t"]);
+    cfg.batch_max_rows = 100;
+    let (capture, sub) = start_capture(cfg, "mirror");
+    let url = target.url("dst");
+    let options = lily_mirror::MirrorOptions {
+        shutdown_wait: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let mirror = tokio::spawn(async move { lily_mirror::run_with(&url, sub, options).await });
+
+    // Hold a group in the mirror: it waits on row 0 after applying the inserts.
+    let locker = target.connect("dst").await.unwrap();
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM public.t WHERE id = 0 FOR UPDATE")
+        .await
+        .unwrap();
+    src.batch_execute(
+        "BEGIN;
+         INSERT INTO public.t SELECT g, 'a' FROM generate_series(1, 300) g;
+         UPDATE public.t SET v = 'touched' WHERE id = 0;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    wait_for_backend(&dst, "blocked on the row lock", &mirror, |b| {
+        b.wait_event_type.as_deref() == Some("Lock")
+    })
+    .await;
+
+    // The restart ends the locker too, so the mirror still holds the group when it fails.
+    let started = std::time::Instant::now();
+    let (restarted, (ended, gave_up_after)) = tokio::join!(target.restart(), async {
+        let ended = tokio::time::timeout(Duration::from_secs(45), mirror).await;
+        let gave_up_after = started.elapsed();
+        // Let the target finish shutting down.
+        drop(stuck);
+        (ended, gave_up_after)
+    });
+    println!(
+        "the mirror gave up after {gave_up_after:.1?}; the restart took {:.1?}",
+        started.elapsed()
+    );
+    let e = ended
+        .expect("the mirror gives up within 45 s")
+        .unwrap()
+        .expect_err("the mirror ends with an error");
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("shutting down"), "{e}");
+    assert!(gave_up_after >= Duration::from_secs(2), "{gave_up_after:?}");
+    restarted.expect("the target restarts once the stuck client is gone");
+    drop((locker, dst));
+    let _ = capture.stop().await;
 }

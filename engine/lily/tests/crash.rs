@@ -779,11 +779,15 @@ async fn postgres_restart_under_a_running_engine() {
 }
 
 /// As above, but the mirror target is a database of the same server, so the restart also cuts
-/// the mirror's connection. The engine should ride this out too; today the mirror consumer does
-/// not reconnect, capture then stops with "consumer \"mirror\" stopped taking batches" and
-/// `lily run` exits 1 (recovery needs a supervisor restarting the process).
+/// the mirror's connection. The mirror reconnects and applies the batches it holds again, but
+/// the restart itself is stuck: a walsender in shutdown waits until capture confirms everything
+/// it sent, capture cannot confirm the batches the mirror holds, and the mirror cannot commit
+/// them while the server refuses connections ("the database system is shutting down"). After
+/// `MirrorOptions::shutdown_wait` (20 s) the mirror gives up, `lily run` exits 1 and the restart
+/// completes. Passing needs capture to let the walsender finish while a consumer holds
+/// unconfirmed batches (the same fix as the blocked-mirror test below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: the mirror consumer does not reconnect after its target restarts; lily run exits 1"]
+#[ignore = "known bug: PostgreSQL's shutdown waits for capture to confirm batches the mirror cannot commit while the server shuts down; lily run exits 1"]
 async fn postgres_restart_under_a_running_engine_with_the_mirror_target_on_the_same_server() {
     restart_scenario(true).await;
 }
