@@ -166,37 +166,31 @@ fn write_display(out: &mut String, v: impl std::fmt::Display) {
     let _ = write!(out, "{v}");
 }
 
-/// Shortest text that reads back to the same `f64` (Rust's formatting round-trips).
-pub fn write_f64(out: &mut String, v: f64) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
-    } else {
-        let a = v.abs();
-        if a != 0.0 && !(1e-5..1e16).contains(&a) {
-            let _ = write!(out, "{v:e}");
-        } else {
-            let _ = write!(out, "{v}");
+/// Writers for float4/float8 text: the shortest text that reads back to the same value (Rust's
+/// formatting round-trips), PostgreSQL's spellings of NaN and the infinities, and exponent form
+/// outside the range where plain digits stay short.
+macro_rules! float_writer {
+    ($name:ident, $t:ty) => {
+        pub fn $name(out: &mut String, v: $t) {
+            if v.is_nan() {
+                out.push_str("NaN");
+            } else if v.is_infinite() {
+                out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
+            } else {
+                let a = v.abs();
+                if a != 0.0 && !(1e-5..1e16).contains(&a) {
+                    let _ = write!(out, "{v:e}");
+                } else {
+                    let _ = write!(out, "{v}");
+                }
+            }
         }
-    }
+    };
 }
 
-/// Shortest text that reads back to the same `f32` (PostgreSQL reads float4 with `strtof`).
-pub fn write_f32(out: &mut String, v: f32) {
-    if v.is_nan() {
-        out.push_str("NaN");
-    } else if v.is_infinite() {
-        out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
-    } else {
-        let a = v.abs();
-        if a != 0.0 && !(1e-5..1e16).contains(&a) {
-            let _ = write!(out, "{v:e}");
-        } else {
-            let _ = write!(out, "{v}");
-        }
-    }
-}
+float_writer!(write_f64, f64);
+// PostgreSQL reads float4 with strtof, so the f32's own shortest form is what round-trips.
+float_writer!(write_f32, f32);
 
 /// An unscaled Decimal128 value at `scale` (`12345`, 3 → `12.345`; `12`, -2 → `1200`).
 pub fn write_decimal(out: &mut String, v: i128, scale: i8) {
