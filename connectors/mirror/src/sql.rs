@@ -97,8 +97,8 @@ fn conflict_clause(plan: &TablePlan, keys: &[usize], set_cols: &[usize]) -> Stri
     }
 }
 
-/// Inserts or overwrites whole rows: parameters are the columns `cols` (all of them).
-pub(crate) fn upsert(plan: &TablePlan, keys: &[usize], cols: &[usize]) -> String {
+/// `INSERT … SELECT` of the columns `cols` from the unnested array parameters.
+fn insert_select(plan: &TablePlan, cols: &[usize]) -> String {
     let a = aliases("c", cols);
     let values: Vec<String> = cols
         .iter()
@@ -106,13 +106,17 @@ pub(crate) fn upsert(plan: &TablePlan, keys: &[usize], cols: &[usize]) -> String
         .map(|(&c, a)| cast(plan, c, a))
         .collect();
     format!(
-        "INSERT INTO {} AS t ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}{}",
+        "INSERT INTO {} AS t ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}",
         plan.qualified,
         idents(plan, cols),
         values.join(", "),
-        unnest(&a),
-        conflict_clause(plan, keys, cols)
+        unnest(&a)
     )
+}
+
+/// Inserts or overwrites whole rows: parameters are the columns `cols` (all of them).
+pub(crate) fn upsert(plan: &TablePlan, keys: &[usize], cols: &[usize]) -> String {
+    insert_select(plan, cols) + &conflict_clause(plan, keys, cols)
 }
 
 /// Updates the columns `cols` (which include the key) of existing rows found by key; the other
@@ -186,19 +190,7 @@ pub(crate) fn delete_by_key(plan: &TablePlan, keys: &[usize]) -> String {
 /// Plain inserts (tables without a key). Parameters: every column.
 pub(crate) fn insert(plan: &TablePlan) -> String {
     let cols: Vec<usize> = (0..plan.columns.len()).collect();
-    let a = aliases("c", &cols);
-    let values: Vec<String> = cols
-        .iter()
-        .zip(&a)
-        .map(|(&c, a)| cast(plan, c, a))
-        .collect();
-    format!(
-        "INSERT INTO {} AS t ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}",
-        plan.qualified,
-        idents(plan, &cols),
-        values.join(", "),
-        unnest(&a)
-    )
+    insert_select(plan, &cols)
 }
 
 /// Deletes one row equal to each old image (tables without a key). Parameters: every column of
