@@ -19,8 +19,9 @@
 //! the user named by `LILY_PG_OS_USER`) and the cluster directory is handed to that user.
 //!
 //! Dropping a [`PgCluster`] stops the server (`pg_ctl stop -m immediate`) and removes its
-//! directory. A process killed by a signal leaves both behind; they live under the temporary
-//! directory with the prefix `lily-pg-`.
+//! directory. A process killed by a signal leaves both behind (under the temporary directory,
+//! prefix `lily-pg-`); each directory records its creator's pid, and the next cluster start
+//! stops and removes those whose creator is gone.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -186,10 +187,17 @@ impl PgCluster {
             None
         };
 
+        reap_orphans(&bin_dir, owner.as_ref());
         let root = tempfile::Builder::new()
-            .prefix("lily-pg-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .map_err(|e| HarnessError::io("creating the cluster's temporary directory", e))?;
+        // Who created the cluster: a later harness stops it if this process died without Drop.
+        std::fs::write(
+            root.path().join(OWNER_PID_FILE),
+            std::process::id().to_string(),
+        )
+        .map_err(|e| HarnessError::io("writing the cluster's owner pid", e))?;
         let data_dir = root.path().join("data");
         let socket_dir = root.path().join("sock");
         let log_file = data_dir.join(LOG_FILE);
@@ -706,6 +714,62 @@ impl Drop for PgCluster {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not run pg_ctl while dropping the test cluster")
+            }
+        }
+    }
+}
+
+/// Prefix of every cluster directory in the temp dir.
+const DIR_PREFIX: &str = "lily-pg-";
+/// File in a cluster directory holding the pid of the process that created it.
+const OWNER_PID_FILE: &str = "owner.pid";
+
+/// Stops and removes clusters left behind by processes that died without dropping them
+/// (a test killed by a timeout or SIGKILL). Only directories whose recorded creator is no longer
+/// running are touched; failures are logged and skipped.
+fn reap_orphans(bin_dir: &Path, owner: Option<&OsUser>) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_ours = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(DIR_PREFIX));
+        if !is_ours {
+            continue;
+        }
+        // No pid yet: a cluster being created right now by another process.
+        let Some(pid) = std::fs::read_to_string(dir.join(OWNER_PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let data = dir.join("data");
+        if data.join("postmaster.pid").exists() {
+            let mut cmd = Command::new(bin_dir.join("pg_ctl"));
+            if let Some(u) = owner {
+                cmd.uid(u.uid).gid(u.gid);
+            }
+            let _ = cmd
+                .arg("-D")
+                .arg(&data)
+                .args(["-w", "-t", "30", "-m", "immediate", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), pid, "Removed a cluster left by a process that died.")
+            }
+            Err(error) => {
+                tracing::warn!(%error, dir = %dir.display(), "Could not remove an orphaned cluster.")
             }
         }
     }

@@ -304,3 +304,28 @@ async fn invalid_setting_is_refused_before_initdb() {
         .expect_err("a newline in a setting name");
     assert!(matches!(err, HarnessError::InvalidArgument(_)), "{err}");
 }
+
+#[tokio::test]
+async fn a_cluster_left_by_a_dead_process_is_reaped_by_the_next_start() {
+    let orphan = PgCluster::start().await.unwrap();
+    let root = orphan.data_dir().parent().unwrap().to_path_buf();
+    let port = orphan.port();
+    assert!(orphan.data_dir().join("postmaster.pid").exists());
+    // Pretend the creator died without dropping it: record a pid that has exited, and leak it.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::write(root.join("owner.pid"), dead_pid.to_string()).unwrap();
+    std::mem::forget(orphan);
+
+    let next = PgCluster::start().await.unwrap();
+    assert!(!root.exists(), "the orphan's directory is removed");
+    if next.port() != port {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err(),
+            "the orphan's server is stopped"
+        );
+    }
+}
