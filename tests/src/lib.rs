@@ -9,6 +9,20 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
+/// Creates each database in `dbs` on `cluster` and runs `ddl` in it.
+pub async fn create_databases(cluster: &lily_pgharness::PgCluster, dbs: &[&str], ddl: &str) {
+    for db in dbs {
+        cluster.create_database(db).await.unwrap();
+        cluster
+            .connect(db)
+            .await
+            .unwrap()
+            .batch_execute(ddl)
+            .await
+            .unwrap();
+    }
+}
+
 /// A capture pipeline running in a task.
 pub struct RunningCapture {
     pub stop: watch::Sender<bool>,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use lily_pgharness::{ClusterOptions, PgCluster};
 use lily_tests::{
-    capture_config, compare_table, current_lsn, ended, prepare_source, slot_confirmed,
-    start_capture, wait_for_slot,
+    capture_config, compare_table, create_databases, current_lsn, ended, prepare_source,
+    slot_confirmed, start_capture, wait_for_slot,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -758,16 +758,7 @@ async fn engine_and_native_replication_agree() {
     )
     .await
     .expect("harness cluster starts");
-    for db in ["src", "native", "mirror"] {
-        cluster.create_database(db).await.unwrap();
-        cluster
-            .connect(db)
-            .await
-            .unwrap()
-            .batch_execute(DDL)
-            .await
-            .unwrap();
-    }
+    create_databases(&cluster, &["src", "native", "mirror"], DDL).await;
     let src = cluster.connect("src").await.unwrap();
     let native = cluster.connect("native").await.unwrap();
     let mirror_db = cluster.connect("mirror").await.unwrap();

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use lily_pgharness::PgCluster;
 use lily_tests::{
-    capture_config, compare_table, current_lsn, ended, prepare_source, start_capture, wait_for_slot,
+    capture_config, compare_table, create_databases, current_lsn, ended, prepare_source,
+    start_capture, wait_for_slot,
 };
 
 const DDL: &str = "
@@ -35,16 +36,7 @@ async fn mirror_throughput() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let cluster = PgCluster::start().await.unwrap();
-    for db in ["src", "dst"] {
-        cluster.create_database(db).await.unwrap();
-        cluster
-            .connect(db)
-            .await
-            .unwrap()
-            .batch_execute(DDL)
-            .await
-            .unwrap();
-    }
+    create_databases(&cluster, &["src", "dst"], DDL).await;
     let src = cluster.connect("src").await.unwrap();
     let dst = cluster.connect("dst").await.unwrap();
     prepare_source(&src).await;
