@@ -240,6 +240,24 @@ pub fn ended<T>(what: &str, task: &JoinHandle<T>) -> Option<String> {
         .then(|| format!("{what} ended early (see its error above)"))
 }
 
+/// A batch's rows as JSON objects (nulls kept), as sinks receive them.
+pub fn batch_objects(
+    batch: &arrow_array::RecordBatch,
+) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .build::<_, arrow_json::writer::JsonArray>(&mut buf);
+        w.write(batch).expect("batch encodes as JSON");
+        w.finish().expect("batch encodes as JSON");
+    }
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&buf).expect("arrow-json writes valid JSON")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

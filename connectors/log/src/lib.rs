@@ -6,6 +6,9 @@
 
 use std::io::Write;
 
+mod sink;
+pub use sink::{LogSink, LogSinkConfig};
+
 use lily_cdc::{BatchKind, Subscription};
 
 #[derive(Debug, thiserror::Error)]

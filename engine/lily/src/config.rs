@@ -22,6 +22,12 @@ pub struct FileConfig {
     /// Consumers; every one receives every batch.
     #[serde(default, rename = "consumer")]
     pub consumers: Vec<ConsumerConfig>,
+    /// Folder of pipeline files (`*.toml`), relative to this file. Their source tables are
+    /// added to the captured tables.
+    pub pipelines: Option<PathBuf>,
+    /// The folder this file was read from (set by `load`, not written in the file).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// Where and what to capture.
@@ -167,8 +173,9 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        let cfg: FileConfig =
+        let mut cfg: FileConfig =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
@@ -207,6 +214,11 @@ impl FileConfig {
         );
         self.apply_batch(&mut cfg);
         cfg.validate()
+    }
+
+    /// The pipelines folder, resolved against the config file's folder.
+    pub fn pipelines_dir(&self) -> Option<PathBuf> {
+        self.pipelines.as_ref().map(|p| self.base_dir.join(p))
     }
 
     pub fn source_spec(&self) -> SourceSpec {

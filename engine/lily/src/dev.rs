@@ -1,8 +1,13 @@
 //! `lily dev`: everything on one machine with nothing set up. Starts a throwaway PostgreSQL,
 //! applies the metastore schema, captures the metastore tables with the `log` consumer (JSON
-//! lines on stdout) and loads a small example estate so changes show at once.
+//! lines on stdout), runs the example pipelines of `sql/pipelines` (the PII webhook goes to a
+//! local Standard Webhooks receiver that prints what it verifies) and loads a small example
+//! estate so changes show at once.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use lily_webhook::fake::{whsec, FakeReceiver};
 
 use lily_pgharness::PgCluster;
 use lily_replication::{ConnectionConfig, SourceSpec};
@@ -18,7 +23,8 @@ const TABLES: [&str; 5] = [
 ];
 
 /// A connection, a database, a schema, a table with three columns, a view downstream of it,
-/// and a PII tag on one column, all for tenant `demo`.
+/// a PII tag on one column (→ the PII webhook pipeline) and a propagating tag on the table
+/// (→ the propagation pipeline copies it to the view), all for tenant `demo`.
 const EXAMPLE: &str = "
 INSERT INTO meta.tenants (tenant_id, name) VALUES ('demo', 'Demo tenant') ON CONFLICT DO NOTHING;
 INSERT INTO meta.assets (guid, tenant_id, type_name, qualified_name, name, parent_guid, attributes)
@@ -43,9 +49,63 @@ INSERT INTO meta.classifications (tenant_id, asset_guid, origin_guid, tag, sourc
 VALUES ('demo', meta.asset_guid('demo', 'pg-prod/sales/public/customers/email'),
         meta.asset_guid('demo', 'pg-prod/sales/public/customers/email'), 'PII', 'direct')
 ON CONFLICT DO NOTHING;
+INSERT INTO meta.classifications (tenant_id, asset_guid, origin_guid, tag, source, propagate)
+VALUES ('demo', meta.asset_guid('demo', 'pg-prod/sales/public/customers'),
+        meta.asset_guid('demo', 'pg-prod/sales/public/customers'), 'Confidential', 'direct', true)
+ON CONFLICT DO NOTHING;
 ";
 
+/// The example pipelines: `LILY_PIPELINES`, else `sql/pipelines` under the working directory,
+/// else the source tree's.
+fn pipelines_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("LILY_PIPELINES") {
+        return PathBuf::from(dir);
+    }
+    let here = PathBuf::from("sql/pipelines");
+    if here.is_dir() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql/pipelines")
+}
+
+/// A local receiver for the example webhook pipeline, unless the environment names a real one.
+/// It verifies each request's signature and prints the event.
+async fn dev_webhook_receiver() -> Option<FakeReceiver> {
+    if std::env::var("LILY_PII_WEBHOOK_URL").is_ok() {
+        return None;
+    }
+    let key: [u8; 32] = rand::random();
+    let receiver = FakeReceiver::start(vec![key.to_vec()]).await;
+    // Edition 2021: setting the environment before any other thread reads it.
+    std::env::set_var("LILY_PII_WEBHOOK_URL", receiver.url());
+    std::env::set_var("LILY_PII_WEBHOOK_SECRET", whsec(&key));
+    Some(receiver)
+}
+
 pub async fn run(listen: &str) -> anyhow::Result<()> {
+    let receiver = dev_webhook_receiver().await.map(std::sync::Arc::new);
+    if let Some(r) = &receiver {
+        let r = r.clone();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let all = r.deliveries();
+                for d in all.iter().skip(seen) {
+                    eprintln!(
+                        "webhook received (signature {}): {}",
+                        if d.signature_valid {
+                            "valid"
+                        } else {
+                            "INVALID"
+                        },
+                        String::from_utf8_lossy(&d.body)
+                    );
+                }
+                seen = all.len();
+            }
+        });
+    }
     eprintln!("Starting a throwaway PostgreSQL...");
     let cluster = PgCluster::start().await?;
     cluster.create_database("metastore").await?;
@@ -97,7 +157,8 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
     let consumers = [ConsumerConfig::Log {
         name: "stdout".into(),
     }];
-    let result = crate::run_pipeline(capture, &consumers, listen).await;
+    let result = crate::run_pipeline(capture, &consumers, Some(&pipelines_dir()), listen).await;
+    drop(receiver);
     drop(cluster);
     result
 }

@@ -2,7 +2,9 @@
 
 mod config;
 mod dev;
+mod dlq;
 mod http;
+mod pipelines;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +47,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Check a config file and its pipelines: every file parses, every SQL transform plans
+    /// against the real table schemas, every sink builds (secrets present). Each problem is
+    /// printed with its file and line.
+    Validate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The dead-letter table.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Start a throwaway PostgreSQL, apply the schema, load example assets and run the engine.
     Dev {
         /// HTTP address for /metrics.
@@ -57,6 +73,25 @@ enum Command {
         action: SlotAction,
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Print dead letters as JSON lines (pending ones; --all includes replayed ones).
+    List {
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Send pending dead letters again through their sinks as currently configured.
+    Replay {
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Only this dead letter.
+        #[arg(long)]
+        id: Option<i64>,
     },
 }
 
@@ -110,6 +145,29 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Validate { config } => {
+            let cfg = FileConfig::load(&config)?;
+            let capture = cfg.capture_config()?;
+            let dir = cfg
+                .pipelines_dir()
+                .context("the config names no pipelines folder (pipelines = \"...\")")?;
+            pipelines::validate(&dir, &pipelines::pg_config(&capture.connection)).await
+        }
+        Command::Dlq { action, config } => {
+            let config = config.context("--config is required")?;
+            let cfg = FileConfig::load(&config)?;
+            let capture = cfg.capture_config()?;
+            let pg = pipelines::pg_config(&capture.connection);
+            match action {
+                DlqAction::List { pipeline, all } => dlq::list(&pg, pipeline.as_deref(), all).await,
+                DlqAction::Replay { pipeline, id } => {
+                    let dir = cfg
+                        .pipelines_dir()
+                        .context("the config names no pipelines folder")?;
+                    dlq::replay(&pg, &dir, pipeline.as_deref(), id).await
+                }
+            }
+        }
         Command::Dev { listen } => dev::run(&listen).await,
         Command::Slot { action, config } => {
             let config = config.context("--config is required")?;
@@ -154,14 +212,45 @@ pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
 /// Starts capture and the consumers of `cfg`, and runs until Ctrl-C / SIGTERM.
 pub(crate) async fn run(cfg: FileConfig) -> anyhow::Result<()> {
     let capture_cfg = cfg.capture_config()?;
-    run_pipeline(capture_cfg, &cfg.consumers, &cfg.http.listen).await
+    run_pipeline(
+        capture_cfg,
+        &cfg.consumers,
+        cfg.pipelines_dir().as_deref(),
+        &cfg.http.listen,
+    )
+    .await
 }
 
 pub(crate) async fn run_pipeline(
-    capture_cfg: lily_cdc::CaptureConfig,
+    mut capture_cfg: lily_cdc::CaptureConfig,
     consumer_cfgs: &[ConsumerConfig],
+    pipelines_dir: Option<&std::path::Path>,
     listen: &str,
 ) -> anyhow::Result<()> {
+    // Pipelines are planned first: their source tables join the captured tables. A pipeline
+    // that does not plan is reported and left out; the others run.
+    let pg = pipelines::pg_config(&capture_cfg.connection);
+    let planned = match pipelines_dir {
+        Some(dir) => {
+            let (planned, problems) = pipelines::plan_all(dir, &pg).await?;
+            for p in &problems {
+                tracing::error!(problem = %p, "Pipeline refused.");
+            }
+            for p in &planned {
+                for t in &p.tables {
+                    if !capture_cfg.source.tables.contains(t) {
+                        capture_cfg.source.tables.push(t.clone());
+                    }
+                }
+            }
+            planned
+        }
+        None => Vec::new(),
+    };
+    if consumer_cfgs.is_empty() && planned.is_empty() {
+        anyhow::bail!("nothing to run: no consumers and no pipeline that plans");
+    }
+    let slot = capture_cfg.source.slot.clone();
     let metrics = http::install_recorder()?;
     let ready = Arc::new(AtomicBool::new(false));
     let listen = listen.to_string();
@@ -203,6 +292,19 @@ pub(crate) async fn run_pipeline(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut pipeline_tasks = tokio::task::JoinSet::new();
+    let started = pipelines::start_all(
+        planned,
+        &mut capture,
+        &pg,
+        &slot,
+        stop_rx.clone(),
+        &mut pipeline_tasks,
+    )
+    .await?;
+    if started > 0 {
+        tracing::info!(pipelines = started, "Pipelines running.");
+    }
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("Shutdown requested; draining.");
@@ -217,6 +319,11 @@ pub(crate) async fn run_pipeline(
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "Consumer failed."),
             Err(error) => tracing::error!(%error, "Consumer task panicked."),
+        }
+    }
+    while let Some(joined) = pipeline_tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "Pipeline task panicked.");
         }
     }
     result.map_err(Into::into)

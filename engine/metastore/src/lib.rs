@@ -62,6 +62,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(1, "0001", "engine_state"),
     migration!(2, "0002", "metastore_assets"),
     migration!(3, "0003", "metastore_relations"),
+    migration!(4, "0004", "delivery"),
 ];
 
 /// All migrations, in order (for inspection).

@@ -1,0 +1,209 @@
+//! The sink: a connection to the metastore database, opened again after it is lost, and one
+//! set-based statement per delivery.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use lily_delivery::{Record, Sink, SinkError};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Client;
+
+use crate::config::MetastoreSinkConfig;
+use crate::error::{classify, describe, BuildError};
+use crate::table::Target;
+use crate::{rows, sql};
+
+/// Rows per delivery call. Large enough that a backlog moves in few round trips, small enough
+/// that one statement's JSON stays a few megabytes and its row locks are held briefly.
+const MAX_BATCH: usize = 500;
+
+/// Shown in `pg_stat_activity` unless the connection settings name the application.
+const APPLICATION_NAME: &str = "lily-metastore-sink";
+
+/// Writes pipeline output rows into one table of the metastore: upserts, inserts-or-skips or
+/// deletes them by key (see [`MetastoreSinkConfig`]).
+pub struct MetastoreSink {
+    target: Target,
+    pg: tokio_postgres::Config,
+    /// The open connection, if any. A std mutex: it is only held to clone or swap the `Arc`,
+    /// never across an `.await`; calls share the client (tokio-postgres pipelines their
+    /// statements on the one connection).
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl std::fmt::Debug for MetastoreSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the connection config: it holds the password.
+        f.debug_struct("MetastoreSink")
+            .field("table", &self.target.display)
+            .field("mode", &self.target.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetastoreSink {
+    /// Connects, reads the target table's columns, types and unique keys from the catalog and
+    /// checks the configuration against them: the table exists and is a table, the key columns
+    /// are its primary key or one of its unique keys, the named columns exist, the role may
+    /// write. Nothing is written.
+    pub async fn connect(
+        mut pg: tokio_postgres::Config,
+        cfg: MetastoreSinkConfig,
+    ) -> Result<MetastoreSink, BuildError> {
+        cfg.validate()?;
+        if pg.get_application_name().is_none() {
+            pg.application_name(APPLICATION_NAME);
+        }
+        let client = open(&pg).await.map_err(BuildError::connect)?;
+        let target = Target::load(&client, &cfg).await?;
+        tracing::info!(
+            table = %target.display,
+            mode = cfg.mode.as_str(),
+            key = %target.key_name,
+            "Metastore sink ready."
+        );
+        Ok(MetastoreSink {
+            target,
+            pg,
+            client: Mutex::new(Some(Arc::new(client))),
+        })
+    }
+
+    /// Checks that rows with exactly these columns can be written: every column exists in the
+    /// table and is writable, every key column is there, and (for upsert and insert) no column
+    /// that is NOT NULL without a default is missing. `Err` lists every problem found, `; `
+    /// separated. For a `validate` command, before any row flows.
+    pub fn check_columns(&self, output_columns: &[String]) -> Result<(), String> {
+        let problems = self.target.column_problems(output_columns);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The connection, opened again if the last one was lost.
+    async fn client(&self) -> Result<Arc<Client>, SinkError> {
+        if let Some(c) = self.lock().as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(c));
+        }
+        // Connect without the lock held; calls racing here may each open one, and all but the
+        // one that lands first are dropped (closing them).
+        let fresh = open(&self.pg).await.map_err(|e| {
+            SinkError::retryable(format!(
+                "cannot reconnect to the metastore database to write to {}: {}",
+                self.target.display,
+                describe(&e)
+            ))
+        })?;
+        let mut slot = self.lock();
+        match slot.as_ref().filter(|c| !c.is_closed()) {
+            Some(c) => Ok(Arc::clone(c)),
+            None => {
+                tracing::info!(table = %self.target.display, "Metastore sink reconnected.");
+                let fresh = Arc::new(fresh);
+                *slot = Some(Arc::clone(&fresh));
+                Ok(fresh)
+            }
+        }
+    }
+
+    /// Drops `client` if it is still the current connection, so the next call opens a new one.
+    fn forget(&self, client: &Arc<Client>) {
+        let mut slot = self.lock();
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, client)) {
+            *slot = None;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Client>>> {
+        // The slot holds no invariant a panicking holder could break.
+        self.client.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Sink for MetastoreSink {
+    fn kind(&self) -> &'static str {
+        "metastore"
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    async fn deliver(&self, records: &[Record]) -> Result<(), SinkError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let groups = rows::group(&self.target, records)?;
+        let shapes: Vec<&[usize]> = groups.iter().map(|g| g.columns.as_slice()).collect();
+        let statement = sql::statement(&self.target, &shapes);
+        let params: Vec<(&(dyn ToSql + Sync), Type)> = groups
+            .iter()
+            .map(|g| (&g.json as &(dyn ToSql + Sync), Type::TEXT))
+            .collect();
+
+        let client = self.client().await?;
+        // query_typed: parameter types are given, so no separate prepare round trip.
+        match client.query_typed_one(&statement, &params).await {
+            Ok(row) => {
+                let written: i64 = row.try_get(0).unwrap_or(-1);
+                tracing::debug!(
+                    table = %self.target.display,
+                    records = records.len(),
+                    written,
+                    "Delivered to the metastore."
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if connection_lost(&e) || client.is_closed() {
+                    self.forget(&client);
+                }
+                let error = classify(&self.target.display, &e);
+                tracing::debug!(
+                    table = %self.target.display,
+                    records = records.len(),
+                    retryable = error.is_retryable(),
+                    error = %error,
+                    "Metastore delivery failed."
+                );
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Whether the connection is gone after this error. A server error leaves it usable unless it
+/// was FATAL (shutdown, pg_terminate_backend): the server closes the connection after sending
+/// it, but the client may not have noticed yet when the call returns, so `is_closed` alone would
+/// hand the dead connection to the next call. A client-side error (closed socket, I/O) means the
+/// connection is gone or in an unknown state.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::Severity;
+    match e.as_db_error() {
+        Some(db) => {
+            matches!(
+                db.parsed_severity(),
+                Some(Severity::Fatal | Severity::Panic)
+            ) || db.code().code().starts_with("08")
+        }
+        None => true,
+    }
+}
+
+/// Opens a connection and drives it on a task of its own.
+///
+/// Without TLS for now (NoTls): the sink is meant to run next to the metastore on a private
+/// network. TLS (rustls, as the replication connection does) is still to be wired in; until then
+/// a `sslmode=require` config fails to connect rather than silently going unencrypted.
+async fn open(pg: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(error = %describe(&error), "Metastore sink connection ended.");
+        }
+    });
+    Ok(client)
+}

@@ -1,0 +1,152 @@
+//! Pipelines in the binary: `lily validate`, and loading/starting them for `lily run`/`dev`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use lily_cdc::Capture;
+use lily_pipeline::{Planned, Problem};
+use lily_replication::ConnectionConfig;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// A `tokio_postgres` config for normal (non-replication) connections to the source.
+pub(crate) fn pg_config(c: &ConnectionConfig) -> tokio_postgres::Config {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&c.host)
+        .port(c.port)
+        .user(&c.user)
+        .dbname(&c.dbname)
+        .application_name("lily")
+        .connect_timeout(c.connect_timeout);
+    if !c.password.expose().is_empty() {
+        cfg.password(c.password.expose());
+    }
+    cfg
+}
+
+pub(crate) async fn connect(
+    cfg: &tokio_postgres::Config,
+) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connecting to the metastore")?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, "catalog connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Loads and plans every pipeline in `dir`. Returns the ones that planned and every problem
+/// of the others.
+pub(crate) async fn plan_all(
+    dir: &Path,
+    pg: &tokio_postgres::Config,
+) -> anyhow::Result<(Vec<Planned>, Vec<Problem>)> {
+    let catalog = connect(pg).await?;
+    let reader = lily_transform::MetastoreReader::new(pg.clone());
+    let ctx = lily_pipeline::PlanContext {
+        catalog: &catalog,
+        metastore: pg.clone(),
+        functions: lily_transform::functions(&reader),
+    };
+    let mut planned = Vec::new();
+    let mut problems = Vec::new();
+    for loaded in lily_pipeline::load_dir(dir).map_err(|p| anyhow::anyhow!("{p}"))? {
+        match loaded {
+            Ok(l) => match lily_pipeline::plan(&l, &ctx).await {
+                Ok(p) => planned.push(p),
+                Err(p) => problems.extend(p),
+            },
+            Err(p) => problems.extend(p),
+        }
+    }
+    Ok((planned, problems))
+}
+
+/// `lily validate`: every problem, one per line; an error when there is any.
+pub(crate) async fn validate(dir: &Path, pg: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let (planned, problems) = plan_all(dir, pg).await?;
+    for p in &planned {
+        println!(
+            "ok: pipeline {} ({} → {})",
+            p.name,
+            p.tables.join(", "),
+            p.output_columns().join(", ")
+        );
+    }
+    for p in &problems {
+        println!("error: {p}");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} problem(s) in the pipelines", problems.len())
+    }
+}
+
+/// Starts the planned pipelines on `capture`: one subscription each, plus a task that prunes
+/// their ledgers below the slot's confirmed position.
+pub(crate) async fn start_all(
+    planned: Vec<Planned>,
+    capture: &mut Capture,
+    pg: &tokio_postgres::Config,
+    slot: &str,
+    stop: watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<usize> {
+    let mut ledgers = Vec::new();
+    let count = planned.len();
+    for p in planned {
+        let name = p.name.clone();
+        let sub = capture.subscribe(format!("pipeline:{name}"));
+        let pipeline = lily_pipeline::start(p, pg.clone(), stop.clone(), tasks)
+            .await
+            .with_context(|| format!("starting pipeline {name}"))?;
+        ledgers.push(pipeline.ledger().clone());
+        tracing::info!(pipeline = %name, "Pipeline started.");
+        let stop = stop.clone();
+        tasks.spawn(pipeline.run(sub, stop));
+    }
+    if !ledgers.is_empty() {
+        tasks.spawn(prune_ledgers(pg.clone(), slot.to_string(), ledgers, stop));
+    }
+    Ok(count)
+}
+
+async fn prune_ledgers(
+    pg: tokio_postgres::Config,
+    slot: String,
+    ledgers: Vec<Arc<lily_delivery::Ledger>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let confirmed = async {
+            let client = connect(&pg).await?;
+            let row = client
+                .query_opt(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await?;
+            let lsn: Option<String> = row.and_then(|r| r.get(0));
+            anyhow::Ok(lsn.and_then(|l| l.parse::<lily_cdc::Lsn>().ok()))
+        }
+        .await;
+        if let Ok(Some(lsn)) = confirmed {
+            for l in &ledgers {
+                if let Err(error) = l.prune(lsn).await {
+                    tracing::debug!(%error, "pruning the ledger failed; will retry");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `lily validate` and `lily dlq` against a real metastore: every kind of bad pipeline is
+//! reported with its file and line while good ones pass; dead letters are listed and replayed.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use lily_pgharness::PgCluster;
+use lily_webhook::fake::{whsec, FakeReceiver, Response};
+
+const KEY: &[u8] = b"an-example-key-of-32-bytes-long!";
+
+fn lily(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lily"));
+    cmd.args(args).env("NO_COLOR", "1").env("LILY_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run lily")
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+const CONFIG: &str = r#"
+pipelines = "pipelines"
+[source]
+url_env = "LILY_SRC_URL"
+slot = "cli"
+publication = "cli"
+tables = ["meta.classifications"]
+[http]
+listen = "127.0.0.1:0"
+"#;
+
+fn webhook_pipeline(transform: &str, extra_sink: &str) -> String {
+    format!(
+        r#"transform = "{transform}"
+[[source]]
+table = "meta.classifications"
+[[sink]]
+name = "hook"
+type = "webhook"
+key = "asset_guid"
+{extra_sink}
+[sink.settings]
+url_env = "LILY_CLI_HOOK_URL"
+secret_env = "LILY_CLI_HOOK_SECRET"
+event_type = "metadata.tag.added"
+[sink.delivery]
+max_attempts = 2
+initial_backoff_ms = 10
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_reports_each_problem_with_file_and_line() {
+    let cluster = PgCluster::start().await.unwrap();
+    cluster.create_database("meta").await.unwrap();
+    let url = cluster.url("meta");
+    let client = cluster.connect("meta").await.unwrap();
+    lily_metastore::migrate(&client).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pipelines");
+    std::fs::create_dir(&p).unwrap();
+    write(dir.path(), "lily.toml", CONFIG);
+    write(
+        &p,
+        "good.sql",
+        "SELECT tag, asset_guid, _commit_lsn FROM classifications",
+    );
+    write(&p, "good.toml", &webhook_pipeline("good.sql", ""));
+    write(
+        &p,
+        "syntax.sql",
+        "SELECT tag,\n  _commit_lsn\nFROM classifications WHERE WHERE",
+    );
+    write(&p, "syntax.toml", &webhook_pipeline("syntax.sql", ""));
+    write(
+        &p,
+        "column.sql",
+        "SELECT tagz, _commit_lsn FROM classifications",
+    );
+    write(&p, "column.toml", &webhook_pipeline("column.sql", ""));
+    write(
+        &p,
+        "types.sql",
+        "SELECT tag * 2 AS t, _commit_lsn FROM classifications",
+    );
+    write(&p, "types.toml", &webhook_pipeline("types.sql", ""));
+    write(
+        &p,
+        "nolsn.sql",
+        "SELECT tag, asset_guid FROM classifications",
+    );
+    write(&p, "nolsn.toml", &webhook_pipeline("nolsn.sql", ""));
+    write(
+        &p,
+        "table.toml",
+        &webhook_pipeline("good.sql", "").replace("meta.classifications", "meta.nope"),
+    );
+    write(
+        &p,
+        "sinktype.toml",
+        &webhook_pipeline("good.sql", "").replace("type = \"webhook\"", "type = \"pager\""),
+    );
+    write(
+        &p,
+        "unknownkey.toml",
+        &webhook_pipeline("good.sql", "retries = 3"),
+    );
+    write(
+        &p,
+        "secret.toml",
+        &webhook_pipeline("good.sql", "").replace("LILY_CLI_HOOK_SECRET", "LILY_CLI_UNSET_SECRET"),
+    );
+    write(
+        &p,
+        "keycol.toml",
+        &webhook_pipeline("good.sql", "").replace("key = \"asset_guid\"", "key = \"guid\""),
+    );
+    let env = [
+        ("LILY_SRC_URL", url.as_str()),
+        ("LILY_CLI_HOOK_URL", "http://127.0.0.1:9/hook"),
+        (
+            "LILY_CLI_HOOK_SECRET",
+            "whsec_YW4tZXhhbXBsZS1rZXktb2YtMzItYnl0ZXMtbG9uZyE=",
+        ),
+    ];
+    let out = lily(
+        &[
+            "validate",
+            "-c",
+            dir.path().join("lily.toml").to_str().unwrap(),
+        ],
+        &env,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(!out.status.success());
+    let has = |needle: &str| {
+        assert!(
+            stdout.lines().any(|l| l.contains(needle)),
+            "no line containing {needle:?} in:\n{stdout}"
+        )
+    };
+    has("ok: pipeline good");
+    has("syntax.sql:3: ");
+    has("column.sql:1: ");
+    has("tagz");
+    has("types.sql:1: ");
+    has("nolsn.sql: the transform's output has no _commit_lsn column");
+    has("table.toml:3: source table meta.nope does not exist");
+    has("sinktype.toml:6: unknown sink type \"pager\"");
+    has("unknownkey.toml:8: unknown field `retries`");
+    has("environment variable LILY_CLI_UNSET_SECRET is not set");
+    has("keycol.toml:7: key column \"guid\" is not in the transform's output");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("error:")).count(),
+        9,
+        "{stdout}"
+    );
+    // The secret's value never appears.
+    assert!(!stdout.contains("YW4tZXhhbXBsZS1rZXkt"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
+    let cluster = PgCluster::start().await.unwrap();
+    cluster.create_database("meta").await.unwrap();
+    let url = cluster.url("meta");
+    let client = cluster.connect("meta").await.unwrap();
+    lily_metastore::migrate(&client).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO meta.tenants (tenant_id, name) VALUES ('demo', 'Demo');
+             INSERT INTO meta.assets (guid, tenant_id, type_name, qualified_name, name)
+             VALUES (meta.asset_guid('demo', 'c1'), 'demo', 'Column', 'c1', 'c1');",
+        )
+        .await
+        .unwrap();
+    let fake = FakeReceiver::start(vec![KEY.to_vec()]).await;
+    // The receiver rejects the first two deliveries for good.
+    fake.push_response(Response::Status(422));
+    fake.push_response(Response::Status(404));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pipelines");
+    std::fs::create_dir(&p).unwrap();
+    write(dir.path(), "lily.toml", CONFIG);
+    write(
+        &p,
+        "tags.sql",
+        "SELECT tag, asset_guid, _commit_lsn FROM classifications WHERE _op = 'insert'",
+    );
+    write(&p, "tags.toml", &webhook_pipeline("tags.sql", ""));
+    let secret = whsec(KEY);
+    let hook = fake.url();
+    let env = [
+        ("LILY_SRC_URL", url.as_str()),
+        ("LILY_CLI_HOOK_URL", hook.as_str()),
+        ("LILY_CLI_HOOK_SECRET", secret.as_str()),
+    ];
+    let config = dir.path().join("lily.toml");
+    let mut engine = Command::new(env!("CARGO_BIN_EXE_lily"))
+        .args(["run", "-c", config.to_str().unwrap()])
+        .envs(env)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        let active: bool = client
+            .query_one(
+                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'cli' AND active",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if active {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for tag in ["A", "B", "C"] {
+        client
+            .execute(
+                "INSERT INTO meta.classifications (tenant_id, asset_guid, origin_guid, tag, source)
+                 VALUES ('demo', meta.asset_guid('demo', 'c1'), meta.asset_guid('demo', 'c1'), $1, 'direct')",
+                &[&tag],
+            )
+            .await
+            .unwrap();
+    }
+    assert!(fake.wait_for_accepted(1, Duration::from_secs(30)).await);
+    let mut letters = 0;
+    for _ in 0..200 {
+        letters = client
+            .query_one("SELECT count(*) FROM lily.dead_letters", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if letters == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert_eq!(letters, 2);
+
+    let c = config.to_str().unwrap();
+    let listed = lily(&["dlq", "list", "-c", c], &env);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["error"].as_str().unwrap().contains("422")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["error"].as_str().unwrap().contains("404")),
+        "{text}"
+    );
+    assert_eq!(lines[0]["pipeline"], "tags");
+    assert!(lines[0]["record"]["tag"].is_string());
+
+    // The receiver is fixed (its script is empty now): replay delivers both, once.
+    let before = fake.accepted_ids().len();
+    let replayed = lily(&["dlq", "replay", "-c", c], &env);
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert_eq!(fake.accepted_ids().len(), before + 2);
+    let pending = lily(&["dlq", "list", "-c", c], &env);
+    assert_eq!(String::from_utf8_lossy(&pending.stdout).lines().count(), 0);
+    let again = lily(&["dlq", "replay", "-c", c], &env);
+    assert!(again.status.success());
+    assert_eq!(
+        fake.accepted_ids().len(),
+        before + 2,
+        "a replayed letter was sent twice"
+    );
+    let tags: std::collections::BTreeSet<String> = fake
+        .deliveries()
+        .iter()
+        .filter(|d| d.accepted())
+        .map(|d| {
+            d.json.as_ref().unwrap()["data"]["tag"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        tags,
+        ["A", "B", "C"].iter().map(|s| s.to_string()).collect()
+    );
+}

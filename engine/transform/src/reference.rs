@@ -1,0 +1,466 @@
+//! Reference data from the metastore, as SQL functions a transform can call:
+//!
+//! - `asset(tenant_id, guid)`: the asset with its nearest table and connection ancestors and its
+//!   owners, as a struct (null when there is no such asset in that tenant);
+//! - `downstream(tenant_id, guid, max_depth)` / `upstream(...)`: the assets reachable through
+//!   lineage, as a list of structs `{guid, depth, qualified_name, type_name}`.
+//!
+//! They are async functions: DataFusion evaluates each once per batch with all of the batch's
+//! arguments, and each evaluation is one query (distinct arguments only). Nothing is cached
+//! between batches: assets, owners and lineage change, and a cache would need the change stream
+//! of those tables to stay correct; one round trip per batch is cheap by comparison.
+//! Every look-up is scoped to the row's tenant, so a row can never pull another tenant's data.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use arrow_array::builder::{Int32Builder, ListBuilder, StringBuilder, StructBuilder};
+use arrow_array::{Array, ArrayRef, Int64Array, StringArray};
+use arrow_schema::{DataType, Field, Fields};
+use async_trait::async_trait;
+use datafusion::arrow::compute::cast;
+use datafusion::common::{exec_err, DataFusionError, Result};
+use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use tokio_postgres::Client;
+
+/// Text inside an error message that marks it as "the metastore was unreachable": the batch
+/// is retried rather than dead-lettered.
+pub(crate) const RETRYABLE_MARK: &str = "[metastore unavailable]";
+
+/// Deepest lineage walk a transform may ask for.
+pub const MAX_LINEAGE_DEPTH: i64 = 32;
+
+/// A lazily (re)connected read-only client of the metastore.
+pub struct MetastoreReader {
+    config: tokio_postgres::Config,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl std::fmt::Debug for MetastoreReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetastoreReader").finish_non_exhaustive()
+    }
+}
+
+impl MetastoreReader {
+    pub fn new(config: tokio_postgres::Config) -> Arc<Self> {
+        Arc::new(MetastoreReader {
+            config,
+            client: Mutex::new(None),
+        })
+    }
+
+    async fn client(&self) -> Result<Arc<Client>> {
+        if let Some(c) = self.client.lock().expect("reader lock").as_ref() {
+            if !c.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        let (client, conn) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(unavailable)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metastore reader connection ended");
+            }
+        });
+        let client = Arc::new(client);
+        *self.client.lock().expect("reader lock") = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let client = self.client().await?;
+        client.query(sql, params).await.map_err(|e| {
+            if e.is_closed() || e.as_db_error().is_none() {
+                unavailable(e)
+            } else {
+                DataFusionError::Execution(format!("metastore look-up failed: {e}"))
+            }
+        })
+    }
+}
+
+fn unavailable(e: tokio_postgres::Error) -> DataFusionError {
+    DataFusionError::Execution(format!("{RETRYABLE_MARK} {e}"))
+}
+
+/// The reference functions, ready to register in a transform.
+pub fn functions(reader: &Arc<MetastoreReader>) -> Vec<ScalarUDF> {
+    vec![
+        AsyncScalarUDF::new(Arc::new(AssetFn::new(reader.clone()))).into_scalar_udf(),
+        AsyncScalarUDF::new(Arc::new(LineageFn::new(
+            reader.clone(),
+            Direction::Downstream,
+        )))
+        .into_scalar_udf(),
+        AsyncScalarUDF::new(Arc::new(LineageFn::new(
+            reader.clone(),
+            Direction::Upstream,
+        )))
+        .into_scalar_udf(),
+    ]
+}
+
+fn asset_fields() -> Fields {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    let list = |n: &str| {
+        Field::new(
+            n,
+            DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+            true,
+        )
+    };
+    Fields::from(vec![
+        text("guid"),
+        text("type_name"),
+        text("name"),
+        text("qualified_name"),
+        text("status"),
+        text("parent_guid"),
+        text("table_qualified_name"),
+        text("table_name"),
+        text("connection_qualified_name"),
+        text("connection_name"),
+        list("owner_users"),
+        list("owner_groups"),
+        text("attributes"),
+    ])
+}
+
+fn lineage_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("guid", DataType::Utf8, true),
+        Field::new("depth", DataType::Int32, true),
+        Field::new("qualified_name", DataType::Utf8, true),
+        Field::new("type_name", DataType::Utf8, true),
+    ])
+}
+
+/// Argument `i` as a Utf8 array of `rows` values.
+fn text_arg(args: &ScalarFunctionArgs, i: usize) -> Result<StringArray> {
+    let array = args.args[i].clone().into_array(args.number_rows)?;
+    let array = cast(&array, &DataType::Utf8)?;
+    Ok(array
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8 gives a StringArray")
+        .clone())
+}
+
+/// A canonical UUID text, lower-cased; anything else cannot name an asset.
+fn uuid_text(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let ok = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    ok.then(|| s.to_ascii_lowercase())
+}
+
+#[derive(Debug)]
+struct AssetFn {
+    signature: Signature,
+    reader: Arc<MetastoreReader>,
+}
+
+impl AssetFn {
+    fn new(reader: Arc<MetastoreReader>) -> Self {
+        AssetFn {
+            signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Volatile),
+            reader,
+        }
+    }
+}
+
+impl PartialEq for AssetFn {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.reader, &other.reader)
+    }
+}
+impl Eq for AssetFn {}
+impl Hash for AssetFn {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        "asset".hash(state);
+    }
+}
+
+impl ScalarUDFImpl for AssetFn {
+    fn name(&self) -> &str {
+        "asset"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Struct(asset_fields()))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("asset() is evaluated asynchronously")
+    }
+}
+
+/// What `meta.asset_context` returns for one asset, in [`asset_fields`] order.
+type AssetRow = (
+    Vec<Option<String>>,
+    Vec<String>,
+    Vec<String>,
+    Option<String>,
+);
+
+#[async_trait]
+impl AsyncScalarUDFImpl for AssetFn {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let tenants = text_arg(&args, 0)?;
+        let guids = text_arg(&args, 1)?;
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        let mut keys: Vec<Option<(String, String)>> = Vec::with_capacity(args.number_rows);
+        for i in 0..args.number_rows {
+            let key = match (tenants.is_valid(i), guids.is_valid(i)) {
+                (true, true) => {
+                    uuid_text(guids.value(i)).map(|g| (tenants.value(i).to_string(), g))
+                }
+                _ => None,
+            };
+            if let Some(k) = &key {
+                if !wanted.contains(k) {
+                    wanted.push(k.clone());
+                }
+            }
+            keys.push(key);
+        }
+        let mut found: HashMap<(String, String), AssetRow> = HashMap::new();
+        if !wanted.is_empty() {
+            let (t, g): (Vec<String>, Vec<String>) = wanted.into_iter().unzip();
+            let rows = self
+                .reader
+                .query(
+                    "SELECT tenant_id, guid::text, type_name, name, qualified_name, status, \
+                            parent_guid::text, table_qualified_name, table_name, \
+                            connection_qualified_name, connection_name, owner_users, owner_groups, \
+                            attributes::text \
+                     FROM meta.asset_context($1::text[], $2::text[]::uuid[])",
+                    &[&t, &g],
+                )
+                .await?;
+            for r in rows {
+                let tenant: String = r.get(0);
+                let guid: String = r.get(1);
+                let text: Vec<Option<String>> = (1..11).map(|c| r.get(c)).collect();
+                found.insert((tenant, guid), (text, r.get(11), r.get(12), r.get(13)));
+            }
+        }
+        let fields = asset_fields();
+        let mut builder = StructBuilder::from_fields(fields.clone(), args.number_rows);
+        for key in &keys {
+            let row = key.as_ref().and_then(|k| found.get(k));
+            for c in 0..10 {
+                let b = builder
+                    .field_builder::<StringBuilder>(c)
+                    .expect("text field");
+                b.append_option(row.and_then(|r| r.0[c].as_deref()));
+            }
+            for (c, pick) in [(10usize, 1usize), (11, 2)] {
+                let b = builder
+                    .field_builder::<ListBuilder<Box<dyn arrow_array::builder::ArrayBuilder>>>(c)
+                    .expect("list field");
+                match row {
+                    Some(r) => {
+                        let values = if pick == 1 { &r.1 } else { &r.2 };
+                        let inner = b
+                            .values()
+                            .as_any_mut()
+                            .downcast_mut::<StringBuilder>()
+                            .expect("list of text");
+                        for v in values {
+                            inner.append_value(v);
+                        }
+                        b.append(true);
+                    }
+                    None => b.append(false),
+                }
+            }
+            builder
+                .field_builder::<StringBuilder>(12)
+                .expect("text field")
+                .append_option(row.and_then(|r| r.3.as_deref()));
+            builder.append(row.is_some());
+        }
+        Ok(ColumnarValue::Array(Arc::new(builder.finish()) as ArrayRef))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Direction {
+    Downstream,
+    Upstream,
+}
+
+#[derive(Debug)]
+struct LineageFn {
+    signature: Signature,
+    reader: Arc<MetastoreReader>,
+    direction: Direction,
+}
+
+impl LineageFn {
+    fn new(reader: Arc<MetastoreReader>, direction: Direction) -> Self {
+        LineageFn {
+            signature: Signature::exact(
+                vec![DataType::Utf8, DataType::Utf8, DataType::Int64],
+                Volatility::Volatile,
+            ),
+            reader,
+            direction,
+        }
+    }
+}
+
+impl PartialEq for LineageFn {
+    fn eq(&self, other: &Self) -> bool {
+        self.direction == other.direction && Arc::ptr_eq(&self.reader, &other.reader)
+    }
+}
+impl Eq for LineageFn {}
+impl Hash for LineageFn {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.direction.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for LineageFn {
+    fn name(&self) -> &str {
+        match self.direction {
+            Direction::Downstream => "downstream",
+            Direction::Upstream => "upstream",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::List(Arc::new(Field::new_list_field(
+            DataType::Struct(lineage_fields()),
+            true,
+        ))))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        exec_err!("{}() is evaluated asynchronously", self.name())
+    }
+}
+
+type LineageKey = (String, String, i32);
+type LineageRow = (String, i32, String, String);
+
+#[async_trait]
+impl AsyncScalarUDFImpl for LineageFn {
+    async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let tenants = text_arg(&args, 0)?;
+        let guids = text_arg(&args, 1)?;
+        let depths = args.args[2].clone().into_array(args.number_rows)?;
+        let depths = cast(&depths, &DataType::Int64)?;
+        let depths = depths
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("cast to Int64")
+            .clone();
+        let mut wanted: Vec<LineageKey> = Vec::new();
+        let mut keys: Vec<Option<LineageKey>> = Vec::with_capacity(args.number_rows);
+        for i in 0..args.number_rows {
+            let key = if tenants.is_valid(i) && guids.is_valid(i) && depths.is_valid(i) {
+                let depth = depths.value(i);
+                if !(0..=MAX_LINEAGE_DEPTH).contains(&depth) {
+                    return exec_err!(
+                        "{}(): max_depth {depth} is outside 0..={MAX_LINEAGE_DEPTH}",
+                        self.name()
+                    );
+                }
+                uuid_text(guids.value(i)).map(|g| (tenants.value(i).to_string(), g, depth as i32))
+            } else {
+                None
+            };
+            if let Some(k) = &key {
+                if !wanted.contains(k) {
+                    wanted.push(k.clone());
+                }
+            }
+            keys.push(key);
+        }
+        let mut found: HashMap<usize, Vec<LineageRow>> = HashMap::new();
+        if !wanted.is_empty() {
+            let t: Vec<&str> = wanted.iter().map(|k| k.0.as_str()).collect();
+            let g: Vec<&str> = wanted.iter().map(|k| k.1.as_str()).collect();
+            let d: Vec<i32> = wanted.iter().map(|k| k.2).collect();
+            let walk = match self.direction {
+                Direction::Downstream => "meta.lineage_downstream",
+                Direction::Upstream => "meta.lineage_upstream",
+            };
+            let sql = format!(
+                "SELECT q.i, w.asset_guid::text, w.depth, a.qualified_name, a.type_name \
+                 FROM unnest($1::text[], $2::text[]::uuid[], $3::int4[]) WITH ORDINALITY \
+                      AS q(tenant, start, max_depth, i) \
+                 CROSS JOIN LATERAL {walk}(q.start, q.max_depth) w \
+                 JOIN meta.assets a ON a.guid = w.asset_guid AND a.tenant_id = q.tenant \
+                 ORDER BY q.i, w.depth, a.qualified_name"
+            );
+            for r in self.reader.query(&sql, &[&t, &g, &d]).await? {
+                let i: i64 = r.get(0);
+                found.entry(i as usize - 1).or_default().push((
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                ));
+            }
+        }
+        let index: HashMap<&LineageKey, usize> =
+            wanted.iter().enumerate().map(|(i, k)| (k, i)).collect();
+        let mut builder =
+            ListBuilder::new(StructBuilder::from_fields(lineage_fields(), 0)).with_field(Arc::new(
+                Field::new_list_field(DataType::Struct(lineage_fields()), true),
+            ));
+        let empty = Vec::new();
+        for key in &keys {
+            let Some(k) = key else {
+                builder.append(false);
+                continue;
+            };
+            let rows = found.get(&index[k]).unwrap_or(&empty);
+            let s = builder.values();
+            for (guid, depth, qn, type_name) in rows {
+                s.field_builder::<StringBuilder>(0)
+                    .expect("guid")
+                    .append_value(guid);
+                s.field_builder::<Int32Builder>(1)
+                    .expect("depth")
+                    .append_value(*depth);
+                s.field_builder::<StringBuilder>(2)
+                    .expect("qn")
+                    .append_value(qn);
+                s.field_builder::<StringBuilder>(3)
+                    .expect("type")
+                    .append_value(type_name);
+                s.append(true);
+            }
+            builder.append(true);
+        }
+        Ok(ColumnarValue::Array(Arc::new(builder.finish())))
+    }
+}

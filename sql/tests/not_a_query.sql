@@ -1,0 +1,3 @@
+-- sources: meta.classifications
+-- expect-error: not supported
+DELETE FROM classifications WHERE tag = 'PII'

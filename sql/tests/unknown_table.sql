@@ -1,0 +1,3 @@
+-- sources: meta.classifications
+-- expect-error: classificationz
+SELECT tag, _commit_lsn FROM classificationz

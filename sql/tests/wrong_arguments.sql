@@ -1,0 +1,3 @@
+-- sources: meta.classifications
+-- expect-error: asset
+SELECT asset(asset_guid) AS a, _commit_lsn FROM classifications
