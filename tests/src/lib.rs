@@ -48,6 +48,7 @@ pub fn capture_config(url: &str, slot: &str, publication: &str, tables: &[&str])
             slot: slot.into(),
             publication: publication.into(),
             tables: tables.iter().map(|t| t.to_string()).collect(),
+            row_filters: Vec::new(),
         },
     );
     cfg.status_interval = Some(Duration::from_millis(200));

@@ -72,6 +72,7 @@ fn linger() -> Duration {
                     slot: "x".into(),
                     publication: "x".into(),
                     tables: vec![],
+                    row_filters: Vec::new(),
                 },
             )
             .batch_linger
@@ -131,6 +132,7 @@ async fn engine_run(cluster: &PgCluster, slot: &str, expect_rows: u64) -> Durati
             slot: slot.into(),
             publication: "bench_pub".into(),
             tables: vec!["public.assets".into()],
+            row_filters: Vec::new(),
         },
     );
     cfg.status_interval = Some(Duration::from_millis(100));
@@ -255,6 +257,7 @@ async fn latency(cluster: &PgCluster, rate: u64, seconds: u64) {
             slot: "lat_lily".into(),
             publication: "bench_pub".into(),
             tables: vec!["public.assets".into()],
+            row_filters: Vec::new(),
         },
     );
     cfg.status_interval = Some(Duration::from_millis(500));

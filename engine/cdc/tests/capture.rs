@@ -42,6 +42,7 @@ fn config(cluster: &PgCluster, db: &str, tables: &[&str], slot: &str) -> Capture
             slot: slot.into(),
             publication: format!("{slot}_pub"),
             tables: tables.iter().map(|t| t.to_string()).collect(),
+            row_filters: Vec::new(),
         },
     );
     cfg.reconnect_initial = Duration::from_millis(100);

@@ -226,6 +226,7 @@ impl FileConfig {
             slot: self.source.slot.clone(),
             publication: self.source.publication.clone(),
             tables: self.source.tables.clone(),
+            row_filters: Vec::new(),
         }
     }
 

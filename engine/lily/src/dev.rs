@@ -118,6 +118,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
             slot: "lily_dev".into(),
             publication: "lily_dev".into(),
             tables: TABLES.iter().map(|t| t.to_string()).collect(),
+            row_filters: Vec::new(),
         },
     );
     capture.batch_max_latency = Duration::from_millis(20);

@@ -243,6 +243,11 @@ pub(crate) async fn run_pipeline(
                     }
                 }
             }
+            capture_cfg.source.row_filters = pipelines::publication_filters(
+                &planned,
+                !consumer_cfgs.is_empty(),
+                &capture_cfg.source.tables,
+            );
             planned
         }
         None => Vec::new(),

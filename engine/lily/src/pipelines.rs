@@ -68,6 +68,40 @@ pub(crate) async fn plan_all(
     Ok((planned, problems))
 }
 
+/// The row filters the publication can carry: a table gets one only when every reader of it
+/// filters, and then it is the OR of their filters. Consumers (`log`, `mirror`) read every row,
+/// so with any of them no table is filtered. Each pipeline still applies its own filter, since
+/// it may receive rows that only another pipeline wanted.
+pub(crate) fn publication_filters(
+    planned: &[Planned],
+    has_consumers: bool,
+    tables: &[String],
+) -> Vec<(String, String)> {
+    if has_consumers {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for table in tables {
+        let mut parts = Vec::new();
+        let mut unfiltered = false;
+        for p in planned {
+            for (t, f) in &p.filters {
+                if t == table {
+                    match f {
+                        Some(f) => parts.push(format!("({f})")),
+                        None => unfiltered = true,
+                    }
+                }
+            }
+        }
+        if !unfiltered && !parts.is_empty() {
+            parts.dedup();
+            out.push((table.clone(), parts.join(" OR ")));
+        }
+    }
+    out
+}
+
 /// `lily validate`: every problem, one per line; an error when there is any.
 pub(crate) async fn validate(dir: &Path, pg: &tokio_postgres::Config) -> anyhow::Result<()> {
     let (planned, problems) = plan_all(dir, pg).await?;

@@ -169,6 +169,7 @@ async fn validate_reports_each_problem_with_file_and_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
+    // Also: a pipeline that does not plan is refused at start and the others keep running.
     let cluster = PgCluster::start().await.unwrap();
     cluster.create_database("meta").await.unwrap();
     let url = cluster.url("meta");
@@ -195,7 +196,22 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
         "tags.sql",
         "SELECT tag, asset_guid, _commit_lsn FROM classifications WHERE _op = 'insert'",
     );
-    write(&p, "tags.toml", &webhook_pipeline("tags.sql", ""));
+    // A row filter: pushed into the publication (the only reader filters), and applied.
+    write(
+        &p,
+        "tags.toml",
+        &webhook_pipeline("tags.sql", "").replace(
+            "table = \"meta.classifications\"",
+            "table = \"meta.classifications\"\nfilter = \"tag <> 'Z'\"",
+        ),
+    );
+    // A broken pipeline next to it is refused at start; the good one runs regardless.
+    write(
+        &p,
+        "broken.sql",
+        "SELECT nope, _commit_lsn FROM classifications",
+    );
+    write(&p, "broken.toml", &webhook_pipeline("broken.sql", ""));
     let secret = whsec(KEY);
     let hook = fake.url();
     let env = [
@@ -226,7 +242,19 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    for tag in ["A", "B", "C"] {
+    let rowfilter: Option<String> = client
+        .query_one(
+            "SELECT rowfilter FROM pg_publication_tables WHERE pubname = 'cli' AND tablename = 'classifications'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        rowfilter.as_deref().is_some_and(|f| f.contains("'Z'")),
+        "{rowfilter:?}"
+    );
+    for tag in ["A", "Z", "B", "C"] {
         client
             .execute(
                 "INSERT INTO meta.classifications (tenant_id, asset_guid, origin_guid, tag, source)

@@ -162,6 +162,8 @@ struct BuiltSink {
 pub struct Planned {
     pub name: String,
     pub tables: Vec<String>,
+    /// Each source's row filter, normalized for a publication (`None`: every row).
+    pub filters: Vec<(String, Option<String>)>,
     transform: Transform,
     sources: HashMap<String, String>,
     sinks: Vec<BuiltSink>,
@@ -310,9 +312,28 @@ pub async fn plan(loaded: &Loaded, ctx: &PlanContext<'_>) -> Result<Planned, Vec
     if !problems.is_empty() {
         return Err(problems);
     }
+    let mut filters = Vec::new();
+    for (s, (table, filter)) in loaded.file.sources.iter().zip(loaded.filters()) {
+        let normalized = match filter {
+            Some(f) => match lily_transform::publication_filter(&f) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    problems
+                        .push(src.problem(s.filter.as_ref().unwrap_or(&s.table), e.to_string()));
+                    None
+                }
+            },
+            None => None,
+        };
+        filters.push((table, normalized));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
     Ok(Planned {
         name: loaded.name.clone(),
         tables: loaded.tables(),
+        filters,
         transform,
         sources: names,
         sinks,

@@ -14,4 +14,4 @@ mod transform;
 pub use datafusion::logical_expr::ScalarUDF;
 pub use error::{Location, TransformError};
 pub use reference::{functions, MetastoreReader};
-pub use transform::{SourceTable, Transform};
+pub use transform::{publication_filter, SourceTable, Transform};

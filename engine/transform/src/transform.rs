@@ -224,3 +224,44 @@ fn plan_error(sql: &str, e: DataFusionError) -> TransformError {
     let _ = sql;
     TransformError::Plan { message, location }
 }
+
+/// A row filter as PostgreSQL should see it in a publication: parsed as exactly one SQL
+/// expression and printed back from the syntax tree, so nothing but that expression can reach
+/// the DDL it is written into.
+pub fn publication_filter(filter: &str) -> Result<String, TransformError> {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(filter)
+        .map_err(|e| TransformError::plan(format!("filter: {e}")))?;
+    let expr = parser
+        .parse_expr()
+        .map_err(|e| TransformError::plan(format!("filter: {e}")))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(TransformError::plan(
+            "filter: one expression expected, found more text after it".into(),
+        ));
+    }
+    Ok(expr.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publication_filter;
+
+    #[test]
+    fn publication_filters_are_one_expression() {
+        assert_eq!(
+            publication_filter("tag IN ('PII',  'GDPR')").unwrap(),
+            "tag IN ('PII', 'GDPR')"
+        );
+        assert!(publication_filter("true) ; DROP TABLE meta.assets; --").is_err());
+        assert!(publication_filter("tag = 'a'; DELETE FROM x").is_err());
+        assert_eq!(
+            publication_filter("name = 'it''s'").unwrap(),
+            "name = 'it''s'"
+        );
+    }
+}
