@@ -2,9 +2,13 @@
 //!
 //! A record's id goes into the ledger once its sink has finished with it (delivered or
 //! dead-lettered). After a crash or a reconnect, capture replays from the last confirmed LSN;
-//! records the ledger holds are skipped, so side effects are not repeated. Ledger writes are
-//! group-committed by one writer task: a lane hands over its outcome and goes on, and the
-//! batch's acknowledgement waits for the write.
+//! records the ledger holds are skipped, so side effects are not repeated. Delivered ids are
+//! group-committed by one writer task and the batch's acknowledgement does not wait for that
+//! write: a delivered record is never lost, only possibly repeated (with the same id) if the
+//! process dies before both the write and the confirmation. Waiting would tie the slot's
+//! confirmation to the metastore accepting new connections, which it refuses while it shuts
+//! down, and a server shutdown waits for that very confirmation. Dead letters are different:
+//! they are written before the acknowledgement, or the row would be lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +18,6 @@ use lily_pgoutput::Lsn;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
-use crate::completion::Completion;
 use crate::sink::Record;
 
 /// Errors talking to the metastore about delivery state.
@@ -77,7 +80,6 @@ struct Entry {
     id: String,
     lsn: Lsn,
     outcome: Outcome,
-    done: Arc<Completion>,
 }
 
 /// One pipeline's ledger: what is finished, in memory (above the confirmed LSN) and in the
@@ -144,14 +146,8 @@ impl Ledger {
         self.len() == 0
     }
 
-    /// Records the outcome; `done` is completed once it is durable.
-    pub(crate) async fn finish(
-        &self,
-        sink: &str,
-        record: &Record,
-        outcome: Outcome,
-        done: Arc<Completion>,
-    ) {
+    /// Records the outcome (in memory at once, in the metastore by the writer task).
+    pub(crate) async fn finish(&self, sink: &str, record: &Record, outcome: Outcome) {
         self.finished
             .lock()
             .expect("ledger lock")
@@ -161,7 +157,6 @@ impl Ledger {
             id: record.id.clone(),
             lsn: record.commit_lsn,
             outcome,
-            done,
         };
         // The writer only stops at shutdown; then the batch stays unacknowledged and is
         // replayed, which is what shutdown means.
@@ -282,9 +277,7 @@ async fn write_loop(
                 }
             }
         }
-        for e in pending.drain(..) {
-            e.done.complete_one();
-        }
+        pending.clear();
     }
 }
 

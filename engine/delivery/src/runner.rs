@@ -211,8 +211,9 @@ impl LaneCtx {
         let lag_us = now_us().saturating_sub(job.record.commit_ts_us).max(0);
         metrics::histogram!("lily_delivery_commit_to_delivered_seconds", "pipeline" => self.ledger.pipeline().to_string(), "sink" => self.sink_name.clone()).record(lag_us as f64 / 1e6);
         self.ledger
-            .finish(&self.sink_name, &job.record, outcome, job.done)
+            .finish(&self.sink_name, &job.record, outcome)
             .await;
+        job.done.complete_one();
     }
 
     async fn attempt(&self, jobs: &[Job]) -> Result<u32, AttemptError> {
