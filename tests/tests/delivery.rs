@@ -103,7 +103,7 @@ async fn wait_active(client: &tokio_postgres::Client, slot: &str) {
     for _ in 0..400 {
         let active: bool = client
             .query_one(
-                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
                 &[&slot],
             )
             .await

@@ -145,7 +145,7 @@ async fn sql_transforms_match_their_golden_output() {
         for _ in 0..200 {
             let active: bool = client
                 .query_one(
-                    "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                    "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
                     &[&slot],
                 )
                 .await

@@ -297,7 +297,7 @@ async fn latency(cluster: &PgCluster, rate: u64, seconds: u64) {
     for _ in 0..200 {
         let n: i64 = c
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_lily' AND active",
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lat_lily' AND active AND confirmed_flush_lsn IS NOT NULL",
                 &[],
             )
             .await

@@ -138,7 +138,7 @@ async fn wait_slot(c: &tokio_postgres::Client, slot: &str) {
     for _ in 0..400 {
         let n = c
             .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
                 &[&slot],
             )
             .await

@@ -139,7 +139,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         for _ in 0..400 {
             let active = seed_client
                 .query_one(
-                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lily_dev' AND active",
+                    "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'lily_dev' AND active AND confirmed_flush_lsn IS NOT NULL",
                     &[],
                 )
                 .await

@@ -120,7 +120,7 @@ listen = "127.0.0.1:0"
     for _ in 0..400 {
         let active: bool = client
             .query_one(
-                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'crash_hooks' AND active",
+                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'crash_hooks' AND active AND confirmed_flush_lsn IS NOT NULL",
                 &[],
             )
             .await

@@ -231,7 +231,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
     for _ in 0..400 {
         let active: bool = client
             .query_one(
-                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'cli' AND active",
+                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'cli' AND active AND confirmed_flush_lsn IS NOT NULL",
                 &[],
             )
             .await
