@@ -120,6 +120,10 @@ struct Shared {
     base_url: String,
     script: Mutex<VecDeque<Response>>,
     deliveries: Mutex<Vec<Delivery>>,
+    /// Distinct ids answered 2xx, kept as they arrive so waiting on a count costs O(1) per
+    /// delivery rather than a scan of everything received (which at tens of thousands of
+    /// deliveries would make the fake, not the sender, the bottleneck).
+    accepted: Mutex<HashSet<String>>,
     /// Woken after each recorded delivery, for [`FakeReceiver::wait_for_accepted`].
     recorded: Notify,
 }
@@ -155,6 +159,7 @@ impl FakeReceiver {
             base_url: format!("http://{addr}"),
             script: Mutex::new(VecDeque::new()),
             deliveries: Mutex::new(Vec::new()),
+            accepted: Mutex::new(HashSet::new()),
             recorded: Notify::new(),
         });
         let app = Router::new()
@@ -188,6 +193,11 @@ impl FakeReceiver {
     }
 
     /// Every request so far, in order of arrival.
+    /// Number of distinct ids answered 2xx (cheap; see `accepted_ids` for the ids).
+    pub fn accepted_count(&self) -> usize {
+        lock(&self.shared.accepted).len()
+    }
+
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.shared.deliveries).clone()
     }
@@ -219,11 +229,11 @@ impl FakeReceiver {
             // Register interest before looking, so a delivery recorded in between still wakes us.
             let mut notified = pin!(self.shared.recorded.notified());
             notified.as_mut().enable();
-            if self.accepted_ids().len() >= n {
+            if self.accepted_count() >= n {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.accepted_ids().len() >= n;
+                return self.accepted_count() >= n;
             }
         }
     }
@@ -320,6 +330,11 @@ async fn receive(
         received_at,
         status,
     };
+    if delivery.accepted() {
+        if let Some(id) = &delivery.id {
+            lock(&shared.accepted).insert(id.clone());
+        }
+    }
     lock(&shared.deliveries).push(delivery);
     shared.recorded.notify_waiters();
 

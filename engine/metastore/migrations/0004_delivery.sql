@@ -36,52 +36,67 @@ CREATE TABLE lily.dead_letters (
 CREATE INDEX dead_letters_pending_idx ON lily.dead_letters (pipeline, id) WHERE replayed_at IS NULL;
 
 -- The context of each (tenant, guid): the asset, its nearest table-like and connection ancestors
--- (the asset itself counts), and its owners. One call per change batch; each hop up the parent
--- chain is one primary-key probe in one partition. Owners are the attributes ownerUsers and
--- ownerGroups (JSON arrays of strings; anything else reads as none).
+-- (the asset itself counts), and its owners. One call per change batch. Each step up the parent
+-- chain is one primary-key probe that runtime pruning sends to one partition: a recursive CTE
+-- over meta.assets was measured to plan a hash join over all 32 partitions instead, which
+-- scans the table. Owners are the attributes ownerUsers and ownerGroups (JSON arrays of
+-- strings; anything else reads as none).
 CREATE FUNCTION meta.asset_context(tenants text[], guids uuid[])
     RETURNS TABLE (
         tenant_id text, guid uuid, type_name text, name text, qualified_name text, status text,
         parent_guid uuid, table_qualified_name text, table_name text,
         connection_qualified_name text, connection_name text,
         owner_users text[], owner_groups text[], attributes jsonb)
-    LANGUAGE sql STABLE PARALLEL SAFE
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $fn$
-    WITH RECURSIVE chain (tenant, start, node, hops) AS (
-        SELECT q.tenant, q.guid, q.guid, 0
-        FROM unnest(tenants, guids) AS q(tenant, guid)
-        UNION ALL
-        SELECT c.tenant, c.start, a.parent_guid, c.hops + 1
-        FROM chain c
-        JOIN meta.assets a ON a.guid = c.node AND a.tenant_id = c.tenant
-        WHERE a.parent_guid IS NOT NULL AND c.hops < 16
-    ),
-    nodes AS (
-        SELECT c.start, c.hops, a.*
-        FROM chain c
-        JOIN meta.assets a ON a.guid = c.node AND a.tenant_id = c.tenant
-    )
-    SELECT s.tenant_id, s.guid, s.type_name, s.name, s.qualified_name, s.status, s.parent_guid,
-           t.qualified_name, t.name, k.qualified_name, k.name,
-           CASE WHEN jsonb_typeof(s.attributes -> 'ownerUsers') = 'array'
-                THEN ARRAY(SELECT jsonb_array_elements_text(s.attributes -> 'ownerUsers'))
-                ELSE '{}'::text[] END,
-           CASE WHEN jsonb_typeof(s.attributes -> 'ownerGroups') = 'array'
-                THEN ARRAY(SELECT jsonb_array_elements_text(s.attributes -> 'ownerGroups'))
-                ELSE '{}'::text[] END,
-           s.attributes
-    FROM nodes s
-    LEFT JOIN LATERAL (
-        SELECT n.qualified_name, n.name FROM nodes n
-        WHERE n.start = s.guid AND n.type_name IN ('Table', 'View', 'MaterializedView')
-        ORDER BY n.hops LIMIT 1
-    ) t ON true
-    LEFT JOIN LATERAL (
-        SELECT n.qualified_name, n.name FROM nodes n
-        WHERE n.start = s.guid AND n.type_name = 'Connection'
-        ORDER BY n.hops LIMIT 1
-    ) k ON true
-    WHERE s.hops = 0
+#variable_conflict use_column
+DECLARE
+    i    int;
+    hops int;
+    a    meta.assets;
+    n    meta.assets;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(guids, 1), 0) LOOP
+        SELECT * INTO a FROM meta.assets x WHERE x.guid = guids[i] AND x.tenant_id = tenants[i];
+        CONTINUE WHEN NOT FOUND;
+        tenant_id := a.tenant_id;
+        guid := a.guid;
+        type_name := a.type_name;
+        name := a.name;
+        qualified_name := a.qualified_name;
+        status := a.status;
+        parent_guid := a.parent_guid;
+        table_qualified_name := NULL;
+        table_name := NULL;
+        connection_qualified_name := NULL;
+        connection_name := NULL;
+        attributes := a.attributes;
+        owner_users := CASE WHEN jsonb_typeof(a.attributes -> 'ownerUsers') = 'array'
+            THEN ARRAY(SELECT jsonb_array_elements_text(a.attributes -> 'ownerUsers'))
+            ELSE '{}'::text[] END;
+        owner_groups := CASE WHEN jsonb_typeof(a.attributes -> 'ownerGroups') = 'array'
+            THEN ARRAY(SELECT jsonb_array_elements_text(a.attributes -> 'ownerGroups'))
+            ELSE '{}'::text[] END;
+        n := a;
+        hops := 0;
+        LOOP
+            IF table_qualified_name IS NULL AND n.type_name IN ('Table', 'View', 'MaterializedView') THEN
+                table_qualified_name := n.qualified_name;
+                table_name := n.name;
+            END IF;
+            IF connection_qualified_name IS NULL AND n.type_name = 'Connection' THEN
+                connection_qualified_name := n.qualified_name;
+                connection_name := n.name;
+            END IF;
+            EXIT WHEN n.parent_guid IS NULL OR hops >= 16
+                   OR (table_qualified_name IS NOT NULL AND connection_qualified_name IS NOT NULL);
+            SELECT * INTO n FROM meta.assets x WHERE x.guid = n.parent_guid AND x.tenant_id = a.tenant_id;
+            EXIT WHEN NOT FOUND;
+            hops := hops + 1;
+        END LOOP;
+        RETURN NEXT;
+    END LOOP;
+END
 $fn$;
 
 -- Withdrawing propagated tags needs the tenant and the propagate flag of a deleted or updated

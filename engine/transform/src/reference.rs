@@ -184,6 +184,134 @@ impl AssetFn {
     }
 }
 
+/// One asset row as the walk reads it.
+struct Node {
+    tenant: String,
+    type_name: String,
+    name: String,
+    qualified_name: String,
+    status: String,
+    parent: Option<String>,
+    attributes: String,
+    owner_users: Vec<String>,
+    owner_groups: Vec<String>,
+}
+
+impl AssetFn {
+    /// Reads the wanted assets and their ancestors level by level: one set-based query per
+    /// level of the hierarchy (column → table → schema → database → connection), each distinct
+    /// asset read once per batch however many rows share it.
+    async fn walk(
+        &self,
+        wanted: &[(String, String)],
+    ) -> Result<HashMap<(String, String), AssetRow>> {
+        let mut nodes: HashMap<String, Node> = HashMap::new();
+        let mut next: Vec<String> = wanted.iter().map(|(_, g)| g.clone()).collect();
+        next.sort();
+        next.dedup();
+        for _ in 0..=16 {
+            if next.is_empty() {
+                break;
+            }
+            let rows = self
+                .reader
+                .query(
+                    "SELECT guid::text, tenant_id, type_name, name, qualified_name, status, \
+                            parent_guid::text, attributes::text, \
+                            CASE WHEN jsonb_typeof(attributes -> 'ownerUsers') = 'array' \
+                                 THEN ARRAY(SELECT jsonb_array_elements_text(attributes -> 'ownerUsers')) \
+                                 ELSE '{}'::text[] END, \
+                            CASE WHEN jsonb_typeof(attributes -> 'ownerGroups') = 'array' \
+                                 THEN ARRAY(SELECT jsonb_array_elements_text(attributes -> 'ownerGroups')) \
+                                 ELSE '{}'::text[] END \
+                     FROM meta.assets WHERE guid = ANY($1::text[]::uuid[])",
+                    &[&next],
+                )
+                .await?;
+            let mut parents = Vec::new();
+            for r in rows {
+                let guid: String = r.get(0);
+                let parent: Option<String> = r.get(6);
+                if let Some(p) = &parent {
+                    if !nodes.contains_key(p) {
+                        parents.push(p.clone());
+                    }
+                }
+                nodes.insert(
+                    guid,
+                    Node {
+                        tenant: r.get(1),
+                        type_name: r.get(2),
+                        name: r.get(3),
+                        qualified_name: r.get(4),
+                        status: r.get(5),
+                        parent,
+                        attributes: r.get(7),
+                        owner_users: r.get(8),
+                        owner_groups: r.get(9),
+                    },
+                );
+            }
+            parents.sort();
+            parents.dedup();
+            parents.retain(|p| !nodes.contains_key(p));
+            next = parents;
+        }
+        let mut found = HashMap::new();
+        for (tenant, guid) in wanted {
+            // Tenant-scoped: an asset (or ancestor) of another tenant is not this row's.
+            let Some(a) = nodes.get(guid).filter(|n| n.tenant == *tenant) else {
+                continue;
+            };
+            let (mut table, mut connection) = (None, None);
+            let mut at = Some((guid.as_str(), a));
+            let mut hops = 0;
+            while let Some((_, n)) = at {
+                if table.is_none()
+                    && matches!(n.type_name.as_str(), "Table" | "View" | "MaterializedView")
+                {
+                    table = Some((n.qualified_name.clone(), n.name.clone()));
+                }
+                if connection.is_none() && n.type_name == "Connection" {
+                    connection = Some((n.qualified_name.clone(), n.name.clone()));
+                }
+                hops += 1;
+                if hops > 16 || (table.is_some() && connection.is_some()) {
+                    break;
+                }
+                at = n.parent.as_deref().and_then(|p| {
+                    nodes
+                        .get(p)
+                        .filter(|pn| pn.tenant == *tenant)
+                        .map(|pn| (p, pn))
+                });
+            }
+            let text = vec![
+                Some(guid.clone()),
+                Some(a.type_name.clone()),
+                Some(a.name.clone()),
+                Some(a.qualified_name.clone()),
+                Some(a.status.clone()),
+                a.parent.clone(),
+                table.as_ref().map(|t| t.0.clone()),
+                table.as_ref().map(|t| t.1.clone()),
+                connection.as_ref().map(|c| c.0.clone()),
+                connection.as_ref().map(|c| c.1.clone()),
+            ];
+            found.insert(
+                (tenant.clone(), guid.clone()),
+                (
+                    text,
+                    a.owner_users.clone(),
+                    a.owner_groups.clone(),
+                    Some(a.attributes.clone()),
+                ),
+            );
+        }
+        Ok(found)
+    }
+}
+
 impl PartialEq for AssetFn {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.reader, &other.reader)
@@ -214,7 +342,8 @@ impl ScalarUDFImpl for AssetFn {
     }
 }
 
-/// What `meta.asset_context` returns for one asset, in [`asset_fields`] order.
+/// One asset's struct values, in [`asset_fields`] order: the ten text fields, owner users,
+/// owner groups, attributes.
 type AssetRow = (
     Vec<Option<String>>,
     Vec<String>,
@@ -243,27 +372,7 @@ impl AsyncScalarUDFImpl for AssetFn {
             }
             keys.push(key);
         }
-        let mut found: HashMap<(String, String), AssetRow> = HashMap::new();
-        if !wanted.is_empty() {
-            let (t, g): (Vec<String>, Vec<String>) = wanted.into_iter().unzip();
-            let rows = self
-                .reader
-                .query(
-                    "SELECT tenant_id, guid::text, type_name, name, qualified_name, status, \
-                            parent_guid::text, table_qualified_name, table_name, \
-                            connection_qualified_name, connection_name, owner_users, owner_groups, \
-                            attributes::text \
-                     FROM meta.asset_context($1::text[], $2::text[]::uuid[])",
-                    &[&t, &g],
-                )
-                .await?;
-            for r in rows {
-                let tenant: String = r.get(0);
-                let guid: String = r.get(1);
-                let text: Vec<Option<String>> = (1..11).map(|c| r.get(c)).collect();
-                found.insert((tenant, guid), (text, r.get(11), r.get(12), r.get(13)));
-            }
-        }
+        let found = self.walk(&wanted).await?;
         let fields = asset_fields();
         let mut builder = StructBuilder::from_fields(fields.clone(), args.number_rows);
         for key in &keys {
