@@ -38,6 +38,9 @@ pub const MAX_LINEAGE_DEPTH: i64 = 32;
 pub struct MetastoreReader {
     config: tokio_postgres::Config,
     client: Mutex<Option<Arc<Client>>>,
+    /// Statements prepared on the current connection, by SQL text: planning a query over 32
+    /// partitions costs more than running it, so each is planned once per connection.
+    statements: Mutex<HashMap<String, tokio_postgres::Statement>>,
 }
 
 impl std::fmt::Debug for MetastoreReader {
@@ -51,6 +54,7 @@ impl MetastoreReader {
         Arc::new(MetastoreReader {
             config,
             client: Mutex::new(None),
+            statements: Mutex::new(HashMap::new()),
         })
     }
 
@@ -72,6 +76,7 @@ impl MetastoreReader {
         });
         let client = Arc::new(client);
         *self.client.lock().expect("reader lock") = Some(client.clone());
+        self.statements.lock().expect("reader lock").clear();
         Ok(client)
     }
 
@@ -81,7 +86,36 @@ impl MetastoreReader {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
         let client = self.client().await?;
-        client.query(sql, params).await.map_err(|e| {
+        let cached = self
+            .statements
+            .lock()
+            .expect("reader lock")
+            .get(sql)
+            .cloned();
+        let statement = match cached {
+            Some(st) => st,
+            None => {
+                let st = client.prepare(sql).await.map_err(|e| {
+                    if e.is_closed() || e.as_db_error().is_none() {
+                        unavailable(e)
+                    } else {
+                        DataFusionError::Execution(format!("metastore look-up failed: {e}"))
+                    }
+                })?;
+                self.statements
+                    .lock()
+                    .expect("reader lock")
+                    .insert(sql.to_string(), st.clone());
+                st
+            }
+        };
+        client.query(&statement, params).await.map_err(|e| {
+            // A prepared statement outlived a schema change ("cached plan must not change
+            // result type"): prepare again on the next attempt.
+            if e.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED) {
+                self.statements.lock().expect("reader lock").clear();
+                return unavailable(e);
+            }
             if e.is_closed() || e.as_db_error().is_none() {
                 unavailable(e)
             } else {
@@ -198,9 +232,12 @@ struct Node {
 }
 
 impl AssetFn {
-    /// Reads the wanted assets and their ancestors level by level: one set-based query per
-    /// level of the hierarchy (column → table → schema → database → connection), each distinct
-    /// asset read once per batch however many rows share it.
+    /// Reads the wanted assets and their ancestors level by level: one query per level of the
+    /// hierarchy (column → table → schema → database → connection), each distinct asset read
+    /// once per batch however many rows share it. Each guid is a primary-key probe in one
+    /// partition (a parameterized nested loop with run-time pruning; `LIMIT 1` keeps the
+    /// planner from flattening it into a join that scans every partition, which it did for
+    /// `guid = ANY(...)`).
     async fn walk(
         &self,
         wanted: &[(String, String)],
@@ -224,7 +261,10 @@ impl AssetFn {
                             CASE WHEN jsonb_typeof(attributes -> 'ownerGroups') = 'array' \
                                  THEN ARRAY(SELECT jsonb_array_elements_text(attributes -> 'ownerGroups')) \
                                  ELSE '{}'::text[] END \
-                     FROM meta.assets WHERE guid = ANY($1::text[]::uuid[])",
+                     FROM unnest($1::text[]::uuid[]) AS g(id) \
+                     CROSS JOIN LATERAL ( \
+                         SELECT * FROM meta.assets x WHERE x.guid = g.id LIMIT 1 \
+                     ) a",
                     &[&next],
                 )
                 .await?;
