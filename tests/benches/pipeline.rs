@@ -42,24 +42,6 @@ fn wanted(name: &str) -> bool {
     }
 }
 
-async fn wait_active(client: &tokio_postgres::Client, slot: &str) {
-    for _ in 0..400 {
-        let active: bool = client
-            .query_one(
-                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("slot {slot} never became active");
-}
-
 async fn seed(client: &tokio_postgres::Client, columns: usize) {
     client
         .batch_execute(&format!(
@@ -94,7 +76,7 @@ async fn captured_batches(cluster: &PgCluster) -> (Vec<RecordBatch>, SourceTable
     let mut sub = capture.subscribe("bench");
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move { capture.run(stop_rx).await });
-    wait_active(&client, "tput").await;
+    lily_tests::wait_streaming(&client, "tput").await;
     client
         .batch_execute(
             "INSERT INTO meta.classifications (tenant_id, asset_guid, origin_guid, tag, source)
@@ -280,7 +262,7 @@ concurrency = 16
         .unwrap();
     tasks.spawn(pipeline.run(sub, stop_rx.clone()));
     let cap = tokio::spawn(async move { capture.run(stop_rx).await });
-    wait_active(&client, "e2e").await;
+    lily_tests::wait_streaming(&client, "e2e").await;
 
     let writers = 5u64;
     let per_writer = rate / writers;

@@ -241,6 +241,27 @@ pub fn ended<T>(what: &str, task: &JoinHandle<T>) -> Option<String> {
         .then(|| format!("{what} ended early (see its error above)"))
 }
 
+/// Waits until `slot` streams: active and with a confirmed position (a slot shows active while
+/// CREATE_REPLICATION_SLOT is still building its snapshot, before changes are captured).
+pub async fn wait_streaming(client: &Client, slot: &str) {
+    for _ in 0..400 {
+        let ready: bool = client
+            .query_one(
+                "SELECT count(*) = 1 FROM pg_replication_slots
+                 WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
+                &[&slot],
+            )
+            .await
+            .expect("reading pg_replication_slots")
+            .get(0);
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("slot {slot} never started streaming");
+}
+
 /// A batch's rows as JSON objects (nulls kept), as sinks receive them.
 pub fn batch_objects(
     batch: &arrow_array::RecordBatch,

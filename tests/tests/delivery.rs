@@ -99,24 +99,6 @@ async fn start(url: &str, dir: &Path, slot: &str) -> Running {
     }
 }
 
-async fn wait_active(client: &tokio_postgres::Client, slot: &str) {
-    for _ in 0..400 {
-        let active: bool = client
-            .query_one(
-                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
-                &[&slot],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("slot {slot} never became active");
-}
-
 async fn seed(client: &tokio_postgres::Client) {
     client
         .batch_execute(
@@ -214,7 +196,7 @@ async fn every_row_ends_delivered_or_dead_lettered_in_key_order() {
     std::env::set_var("LILY_T1_SECRET", whsec(KEY));
 
     let running = start(&url, dir.path(), "deliv1").await;
-    wait_active(&client, "deliv1").await;
+    lily_tests::wait_streaming(&client, "deliv1").await;
     let committed = tag(&client, 0, 60).await;
 
     // Everything ends delivered or dead-lettered.
@@ -290,7 +272,7 @@ async fn server_restart_replays_with_the_same_ids() {
     std::env::set_var("LILY_T2_URL", fake.url());
     std::env::set_var("LILY_T2_SECRET", whsec(KEY));
     let running = start(&url, dir.path(), "deliv2").await;
-    wait_active(&client, "deliv2").await;
+    lily_tests::wait_streaming(&client, "deliv2").await;
     let mut committed = tag(&client, 0, 40).await;
     drop(client);
     cluster.restart().await.unwrap();

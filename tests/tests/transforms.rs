@@ -141,21 +141,7 @@ async fn sql_transforms_match_their_golden_output() {
         let slot = format!("golden_{}", case.name);
         let (capture, mut sub) =
             start_capture(capture_config(&url, &slot, &slot, &tables), "golden");
-        // Wait for the slot to stream, so the changes are captured.
-        for _ in 0..200 {
-            let active: bool = client
-                .query_one(
-                    "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = $1 AND active AND confirmed_flush_lsn IS NOT NULL",
-                    &[&slot],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if active {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        lily_tests::wait_streaming(&client, &slot).await;
         client.batch_execute(changes).await.unwrap();
         client
             .batch_execute("SELECT pg_logical_emit_message(true, 'lily-fixture-end', '')")

@@ -99,16 +99,7 @@ pub fn to_rows(
         let ts = batch
             .column_by_name(COMMIT_TS)
             .map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
-        let mut buf = Vec::new();
-        {
-            let mut w = arrow_json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, arrow_json::writer::JsonArray>(&mut buf);
-            w.write(batch).map_err(|e| e.to_string())?;
-            w.finish().map_err(|e| e.to_string())?;
-        }
-        let objects: Vec<Map<String, Value>> =
-            serde_json::from_slice(&buf).map_err(|e| e.to_string())?;
+        let objects = crate::pipeline::batch_to_objects(batch)?;
         for (i, columns) in objects.into_iter().enumerate() {
             let lsn = lsns.value(i);
             let commit_ts_us = match &ts {
