@@ -19,8 +19,26 @@ use lily_webhook::fake::{whsec, FakeReceiver, Response};
 const KEY: &[u8] = b"an-example-key-of-32-bytes-long!";
 const ROWS: usize = 400;
 
-fn spawn(config: &Path, dir: &Path, label: &str, url: &str, hook: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_lily"))
+/// The engine as a child process; SIGKILLed on drop too, so a failing assertion does not leave
+/// it running.
+struct Engine(Child);
+
+impl Engine {
+    /// SIGKILL, and reap.
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(config: &Path, dir: &Path, label: &str, url: &str, hook: &str) -> Engine {
+    let child = Command::new(env!("CARGO_BIN_EXE_lily"))
         .arg("run")
         .arg("--config")
         .arg(config)
@@ -33,7 +51,8 @@ fn spawn(config: &Path, dir: &Path, label: &str, url: &str, hook: &str) -> Child
         .stdout(File::create(dir.join(format!("{label}.out"))).unwrap())
         .stderr(File::create(dir.join(format!("{label}.err"))).unwrap())
         .spawn()
-        .expect("spawn lily")
+        .expect("spawn lily");
+    Engine(child)
 }
 
 async fn ledger_ids(client: &tokio_postgres::Client) -> HashSet<String> {
@@ -149,8 +168,7 @@ listen = "127.0.0.1:0"
     while fake.accepted_ids().len() < ROWS / 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill(); // SIGKILL
     let killed_at = Instant::now();
     let in_ledger = ledger_ids(&client).await;
     let before: HashSet<String> = fake.accepted_ids().into_iter().collect();
@@ -174,8 +192,7 @@ listen = "127.0.0.1:0"
     while received_tags(&fake) != tags && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
 
     let got = received_tags(&fake);
     let missing: Vec<_> = tags.difference(&got).collect();

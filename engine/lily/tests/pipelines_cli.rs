@@ -19,6 +19,17 @@ fn lily(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run lily")
 }
 
+/// The engine as a child process, killed on drop so a failing assertion does not leave it
+/// running.
+struct Engine(std::process::Child);
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
@@ -220,7 +231,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
         ("LILY_CLI_HOOK_SECRET", secret.as_str()),
     ];
     let config = dir.path().join("lily.toml");
-    let mut engine = Command::new(env!("CARGO_BIN_EXE_lily"))
+    let engine = Command::new(env!("CARGO_BIN_EXE_lily"))
         .args(["run", "-c", config.to_str().unwrap()])
         .envs(env)
         .env("NO_COLOR", "1")
@@ -228,6 +239,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let engine = Engine(engine);
     for _ in 0..400 {
         let active: bool = client
             .query_one(
@@ -277,8 +289,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    engine.kill().unwrap();
-    engine.wait().unwrap();
+    drop(engine);
     assert_eq!(letters, 2);
 
     let c = config.to_str().unwrap();
