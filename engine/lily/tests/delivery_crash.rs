@@ -136,20 +136,7 @@ listen = "127.0.0.1:0"
     .unwrap();
 
     let mut first = spawn(&config, dir.path(), "run1", &url, &fake.url());
-    for _ in 0..400 {
-        let active: bool = client
-            .query_one(
-                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'crash_hooks' AND active AND confirmed_flush_lsn IS NOT NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    lily_tests::wait_streaming(&client, "crash_hooks").await;
     let mut tags = BTreeSet::new();
     for i in 0..ROWS {
         let t = format!("tag{i:04}");

@@ -240,20 +240,7 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
         .spawn()
         .unwrap();
     let engine = Engine(engine);
-    for _ in 0..400 {
-        let active: bool = client
-            .query_one(
-                "SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = 'cli' AND active AND confirmed_flush_lsn IS NOT NULL",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if active {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    lily_tests::wait_streaming(&client, "cli").await;
     let rowfilter: Option<String> = client
         .query_one(
             "SELECT rowfilter FROM pg_publication_tables WHERE pubname = 'cli' AND tablename = 'classifications'",
