@@ -3,7 +3,9 @@
 //!
 //! `cargo bench -p lily-tests --bench pipeline` runs all three; `LILY_BENCH_ONLY=overhead,
 //! throughput,e2e` picks, `LILY_BENCH_RATE` (default 5000) and `LILY_BENCH_SECONDS` (default 10)
-//! shape the end-to-end run, `LILY_BENCH_RUNS` (default 5) repeats the throughput run.
+//! shape the end-to-end run (`LILY_BENCH_LINGER_US`, default 2000, is capture's linger;
+//! `LILY_BENCH_CONCURRENCY`, default 16, the webhook sink's; `LILY_BENCH_SQL` another transform
+//! file), `LILY_BENCH_RUNS` (default 5) repeats the throughput run.
 //!
 //! - overhead: one 1-row change batch through a filter + projection transform, 20,000 times;
 //!   p50/p99/max of the run call (planning happened once, before).
@@ -207,9 +209,13 @@ url_env = "LILY_BENCH_HOOK_URL"
 secret_env = "LILY_BENCH_HOOK_SECRET"
 event_type = "metadata.column.tagged"
 [sink.delivery]
-concurrency = 16
+concurrency = {}
 "#,
-            sql_dir.join("pii_tagged_columns.sql").display()
+            std::env::var("LILY_BENCH_SQL")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| sql_dir.join("pii_tagged_columns.sql"))
+                .display(),
+            env_or("LILY_BENCH_CONCURRENCY", 16)
         ),
     )
     .unwrap();
@@ -224,9 +230,9 @@ concurrency = 16
     let planned = lily_pipeline::plan(&loaded, &ctx).await.unwrap();
     let mut cfg = capture_config(&url, "e2e", "e2e", &["meta.classifications"]);
     cfg.status_interval = Some(Duration::from_millis(500));
-    // Longer linger: at thousands of single-row commits a second, batches of a few dozen rows
-    // mean one metastore look-up per few dozen rows instead of per few rows.
-    cfg.batch_linger = Duration::from_micros(env_or("LILY_BENCH_LINGER_US", 5_000));
+    // A 2 ms linger: at thousands of single-row commits a second, batches of about ten rows, so
+    // one metastore look-up per ten rows; 1 ms measured worse (more look-ups), 5 ms adds its wait.
+    cfg.batch_linger = Duration::from_micros(env_or("LILY_BENCH_LINGER_US", 2_000));
     let mut capture = Capture::new(cfg).unwrap();
     let sub = capture.subscribe("pipeline:pii");
     // A second consumer of the same stream: commit → batch in hand, to split the latency.

@@ -9,6 +9,7 @@
 //! Set `LILY_UPDATE_GOLDEN=1` to write the golden files instead (then review the diff).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lily_cdc::BatchKind;
@@ -71,7 +72,7 @@ async fn plan(
     case: &Case,
     client: &tokio_postgres::Client,
     url: &str,
-) -> Result<Transform, String> {
+) -> Result<(Transform, Arc<MetastoreReader>), String> {
     let mut sources = Vec::new();
     for t in &case.sources {
         let schema = lily_pipeline::catalog::table_schema(client, t)
@@ -86,6 +87,7 @@ async fn plan(
     let reader = MetastoreReader::new(url.parse().unwrap());
     Transform::plan(&case.sql, &sources, &lily_transform::functions(&reader))
         .await
+        .map(|t| (t, reader))
         .map_err(|e| match e.location() {
             Some(l) => format!("{}:{}: {e}", case.sql_path.display(), l),
             None => format!("{}: {e}", case.sql_path.display()),
@@ -120,7 +122,7 @@ async fn sql_transforms_match_their_golden_output() {
             }
             continue;
         }
-        let mut transform = match planned {
+        let (mut transform, reader) = match planned {
             Ok(t) => t,
             Err(e) => {
                 failures.push(e);
@@ -155,7 +157,22 @@ async fn sql_transforms_match_their_golden_output() {
                 .expect("capture runs");
             match &d.batch.kind {
                 BatchKind::Rows { table, records } => {
+                    let before = reader.queries_run();
                     let out = transform.run(&table.name, records.clone()).await;
+                    // One metastore query per reference function per batch, however many
+                    // rows and however many fields of the result the SQL reads.
+                    let queries = reader.queries_run() - before;
+                    let functions = ["asset(", "downstream(", "upstream("]
+                        .iter()
+                        .filter(|f| case.sql.contains(*f))
+                        .count() as u64;
+                    if queries > functions {
+                        failures.push(format!(
+                            "{}: {queries} metastore queries for one batch of {} rows",
+                            case.name,
+                            records.num_rows()
+                        ));
+                    }
                     match out {
                         Ok(batches) => {
                             for b in &batches {

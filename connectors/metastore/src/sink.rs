@@ -205,5 +205,8 @@ async fn open(pg: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Err
             tracing::warn!(error = %describe(&error), "Metastore sink connection ended.");
         }
     });
+    // Set-based writes of hundreds of rows can pass the JIT cost threshold; compiling
+    // costs more than the write.
+    client.batch_execute("SET jit = off").await?;
     Ok(client)
 }

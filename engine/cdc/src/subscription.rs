@@ -20,6 +20,12 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
+
+    /// A delivery that is already queued, without waiting: lets a consumer that fell behind
+    /// take what is waiting as one larger unit of work.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// One batch for one consumer. Call [`Delivery::ack`] (or keep the [`Ack`] and call it later) once

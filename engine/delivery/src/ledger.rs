@@ -53,6 +53,9 @@ impl Reconnecting {
                 tracing::debug!(error = %e, "ledger connection ended");
             }
         });
+        // Group-committed writes of thousands of rows can pass the JIT cost threshold;
+        // compiling costs more than the insert.
+        client.batch_execute("SET jit = off").await?;
         let client = Arc::new(client);
         *self.client.lock().expect("client lock") = Some(client.clone());
         Ok(client)

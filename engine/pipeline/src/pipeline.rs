@@ -19,6 +19,9 @@ use crate::records::{key_text, to_rows, OutputRow, Positions};
 /// The name dead letters of rows the transform itself rejected are filed under.
 pub const TRANSFORM_STAGE: &str = "(transform)";
 
+/// Most rows the pipeline joins from queued batches into one transform run.
+const MAX_GROUP_ROWS: usize = 4096;
+
 /// One sink of a running pipeline.
 pub struct PipelineSink {
     pub(crate) runner: SinkRunner,
@@ -88,38 +91,101 @@ impl Pipeline {
 
     /// Consumes `sub` until capture ends. On shutdown, capture stops reading and waits a while
     /// for what consumers hold; the pipeline goes on handling that, without retry waits.
+    ///
+    /// When the pipeline has fallen behind, the batches already queued for the same table are
+    /// transformed together (up to [`MAX_GROUP_ROWS`]): the per-batch costs, above all the
+    /// reference look-ups in the metastore, are then paid once per group, so a backlog drains
+    /// instead of growing. A pipeline that keeps up sees one batch at a time, as captured.
     pub async fn run(mut self, mut sub: Subscription, shutdown: watch::Receiver<bool>) {
-        while let Some(delivery) = sub.recv().await {
-            if !self.handle(delivery, &shutdown).await {
+        let mut next: Option<Delivery> = None;
+        loop {
+            let first = match next.take() {
+                Some(d) => d,
+                None => match sub.recv().await {
+                    Some(d) => d,
+                    None => break,
+                },
+            };
+            let Some((table, first_records)) = self.rows_of(&first) else {
+                first.ack();
+                continue;
+            };
+            let mut group = vec![first];
+            let mut rows = first_records.num_rows();
+            while rows < MAX_GROUP_ROWS {
+                let Some(d) = sub.try_recv() else { break };
+                match self.rows_of(&d) {
+                    Some((t, r)) if t == table && r.schema() == first_records.schema() => {
+                        rows += r.num_rows();
+                        group.push(d);
+                    }
+                    // Another table or a new schema: it starts the next group.
+                    Some(_) => {
+                        next = Some(d);
+                        break;
+                    }
+                    // Truncates, messages and commit markers carry no rows for a transform.
+                    None => d.ack(),
+                }
+            }
+            if !self.handle(&table, group, &shutdown).await {
                 break;
             }
         }
         tracing::info!(pipeline = %self.name, "Pipeline stopped.");
     }
 
-    /// Handles one delivery; false when shutdown interrupted it (the batch stays unacknowledged
-    /// and is replayed after the restart).
-    pub async fn handle(&mut self, delivery: Delivery, shutdown: &watch::Receiver<bool>) -> bool {
-        let (table, records) = match &delivery.batch.kind {
-            BatchKind::Rows { table, records } => match self.sources.get(&table.qualified_name()) {
-                Some(name) => (name.clone(), records.clone()),
-                None => {
-                    delivery.ack();
+    /// The SQL name and rows of a delivery of one of the pipeline's source tables.
+    fn rows_of(&self, delivery: &Delivery) -> Option<(String, RecordBatch)> {
+        match &delivery.batch.kind {
+            BatchKind::Rows { table, records } => self
+                .sources
+                .get(&table.qualified_name())
+                .map(|name| (name.clone(), records.clone())),
+            _ => None,
+        }
+    }
+
+    /// Handles consecutive deliveries of one table as one batch; false when shutdown
+    /// interrupted it (the batches stay unacknowledged and are replayed after the restart).
+    async fn handle(
+        &mut self,
+        table: &str,
+        group: Vec<Delivery>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> bool {
+        let batches: Vec<RecordBatch> = group
+            .iter()
+            .filter_map(|d| self.rows_of(d))
+            .map(|(_, r)| r)
+            .collect();
+        let records = if batches.len() == 1 {
+            batches[0].clone()
+        } else {
+            match arrow_select::concat::concat_batches(&batches[0].schema(), &batches) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Same table and schema, so this cannot fail short of a bug; handle the
+                    // batches one by one rather than lose them.
+                    tracing::error!(pipeline = %self.name, error = %e, "joining batches failed");
+                    for d in group {
+                        if !Box::pin(self.handle(table, vec![d], shutdown)).await {
+                            return false;
+                        }
+                    }
                     return true;
                 }
-            },
-            // Truncates, messages and commit markers carry no rows for a transform.
-            _ => {
-                delivery.ack();
-                return true;
             }
         };
-        self.note_replay(&records);
-        let started = std::time::Instant::now();
         let fallback_ts =
-            lily_pgoutput::PG_EPOCH_OFFSET_SECS * 1_000_000 + delivery.batch.commit_ts;
+            lily_pgoutput::PG_EPOCH_OFFSET_SECS * 1_000_000 + group[0].batch.commit_ts;
+        let acks: Vec<_> = group.into_iter().map(|d| d.ack).collect();
+        self.note_replay(&records);
+        metrics::histogram!("lily_pipeline_group_batches", "pipeline" => self.name.clone())
+            .record(acks.len() as f64);
+        let started = std::time::Instant::now();
         let Some(output) = self
-            .transform_batch(&table, &records, fallback_ts, shutdown)
+            .transform_batch(table, &records, fallback_ts, shutdown)
             .await
         else {
             return false;
@@ -144,8 +210,11 @@ impl Pipeline {
         };
         metrics::counter!("lily_pipeline_output_rows_total", "pipeline" => self.name.clone())
             .increment(rows.len() as u64);
-        let ack = delivery.ack;
-        let done = Completion::new(rows.len() * self.sinks.len(), move || ack.ack());
+        let done = Completion::new(rows.len() * self.sinks.len(), move || {
+            for ack in acks {
+                ack.ack();
+            }
+        });
         for row in &rows {
             for sink in &self.sinks {
                 sink.runner.submit(sink.record(row), done.clone()).await;

@@ -41,6 +41,8 @@ pub struct MetastoreReader {
     /// Statements prepared on the current connection, by SQL text: planning a query over 32
     /// partitions costs more than running it, so each is planned once per connection.
     statements: Mutex<HashMap<String, tokio_postgres::Statement>>,
+    /// Look-up queries run, for tests and the `lily_reference_queries_total` metric.
+    queries: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MetastoreReader {
@@ -55,7 +57,13 @@ impl MetastoreReader {
             config,
             client: Mutex::new(None),
             statements: Mutex::new(HashMap::new()),
+            queries: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many look-up queries this reader has sent to the metastore.
+    pub fn queries_run(&self) -> u64 {
+        self.queries.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn client(&self) -> Result<Arc<Client>> {
@@ -74,6 +82,13 @@ impl MetastoreReader {
                 tracing::debug!(error = %e, "metastore reader connection ended");
             }
         });
+        // Look-ups are primary-key probes. When a backlog makes a batch large, the planner's
+        // cost estimate passes the JIT threshold and compiling the query takes longer than
+        // running it (seen as seconds of lag at 5k changes/s), which grows the next batch.
+        client
+            .batch_execute("SET jit = off")
+            .await
+            .map_err(unavailable)?;
         let client = Arc::new(client);
         *self.client.lock().expect("reader lock") = Some(client.clone());
         self.statements.lock().expect("reader lock").clear();
@@ -86,6 +101,9 @@ impl MetastoreReader {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
         let client = self.client().await?;
+        self.queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("lily_reference_queries_total").increment(1);
         let cached = self
             .statements
             .lock()
@@ -203,10 +221,43 @@ fn uuid_text(s: &str) -> Option<String> {
     ok.then(|| s.to_ascii_lowercase())
 }
 
+/// The last evaluation of a look-up function. DataFusion's planner may place one call several
+/// times over the same batch (once per field read from its struct result, e.g. `a['name']`,
+/// `a['table_name']`), and each would be a round trip to the metastore. The argument arrays are
+/// kept alive with the result, so pointer identity means the very same arrays of the same batch
+/// in the same run, never a later batch that reuses freed memory.
+#[derive(Debug, Default)]
+struct LastCall(Mutex<Option<(Vec<ColumnarValue>, ArrayRef)>>);
+
+impl LastCall {
+    fn same(a: &[ColumnarValue], b: &[ColumnarValue]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(a, b)| match (a, b) {
+                (ColumnarValue::Array(a), ColumnarValue::Array(b)) => {
+                    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+                }
+                (ColumnarValue::Scalar(a), ColumnarValue::Scalar(b)) => a == b,
+                _ => false,
+            })
+    }
+
+    fn get(&self, args: &ScalarFunctionArgs) -> Option<ArrayRef> {
+        let last = self.0.lock().expect("last call lock");
+        last.as_ref()
+            .filter(|(a, r)| r.len() == args.number_rows && Self::same(a, &args.args))
+            .map(|(_, r)| r.clone())
+    }
+
+    fn put(&self, args: &ScalarFunctionArgs, result: &ArrayRef) {
+        *self.0.lock().expect("last call lock") = Some((args.args.clone(), result.clone()));
+    }
+}
+
 #[derive(Debug)]
 struct AssetFn {
     signature: Signature,
     reader: Arc<MetastoreReader>,
+    last: LastCall,
 }
 
 impl AssetFn {
@@ -214,6 +265,7 @@ impl AssetFn {
         AssetFn {
             signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Volatile),
             reader,
+            last: LastCall::default(),
         }
     }
 }
@@ -232,70 +284,72 @@ struct Node {
 }
 
 impl AssetFn {
-    /// Reads the wanted assets and their ancestors level by level: one query per level of the
-    /// hierarchy (column → table → schema → database → connection), each distinct asset read
-    /// once per batch however many rows share it. Each guid is a primary-key probe in one
+    /// Reads the wanted assets and all their ancestors (column → table → schema → database →
+    /// connection) in one round trip: a recursive walk up `parent_guid`, each distinct asset
+    /// read once per batch however many rows share it. Each step is a primary-key probe in one
     /// partition (a parameterized nested loop with run-time pruning; `LIMIT 1` keeps the
     /// planner from flattening it into a join that scans every partition, which it did for
-    /// `guid = ANY(...)`).
+    /// `guid = ANY(...)`). `UNION` drops rows already seen, so a corrupt parent cycle ends.
     async fn walk(
         &self,
         wanted: &[(String, String)],
     ) -> Result<HashMap<(String, String), AssetRow>> {
-        let mut nodes: HashMap<String, Node> = HashMap::new();
-        let mut next: Vec<String> = wanted.iter().map(|(_, g)| g.clone()).collect();
-        next.sort();
-        next.dedup();
-        for _ in 0..=16 {
-            if next.is_empty() {
-                break;
-            }
-            let rows = self
-                .reader
-                .query(
-                    "SELECT guid::text, tenant_id, type_name, name, qualified_name, status, \
-                            parent_guid::text, attributes::text, \
-                            CASE WHEN jsonb_typeof(attributes -> 'ownerUsers') = 'array' \
-                                 THEN ARRAY(SELECT jsonb_array_elements_text(attributes -> 'ownerUsers')) \
-                                 ELSE '{}'::text[] END, \
-                            CASE WHEN jsonb_typeof(attributes -> 'ownerGroups') = 'array' \
-                                 THEN ARRAY(SELECT jsonb_array_elements_text(attributes -> 'ownerGroups')) \
-                                 ELSE '{}'::text[] END \
-                     FROM unnest($1::text[]::uuid[]) AS g(id) \
+        let mut first: Vec<String> = wanted.iter().map(|(_, g)| g.clone()).collect();
+        first.sort();
+        first.dedup();
+        let rows = self
+            .reader
+            .query(
+                "WITH RECURSIVE walk AS ( \
+                     SELECT a.* FROM unnest($1::text[]::uuid[]) AS g(id) \
                      CROSS JOIN LATERAL ( \
-                         SELECT * FROM meta.assets x WHERE x.guid = g.id LIMIT 1 \
-                     ) a",
-                    &[&next],
-                )
-                .await?;
-            let mut parents = Vec::new();
-            for r in rows {
-                let guid: String = r.get(0);
-                let parent: Option<String> = r.get(6);
-                if let Some(p) = &parent {
-                    if !nodes.contains_key(p) {
-                        parents.push(p.clone());
-                    }
-                }
-                nodes.insert(
-                    guid,
-                    Node {
-                        tenant: r.get(1),
-                        type_name: r.get(2),
-                        name: r.get(3),
-                        qualified_name: r.get(4),
-                        status: r.get(5),
-                        parent,
-                        attributes: r.get(7),
-                        owner_users: r.get(8),
-                        owner_groups: r.get(9),
-                    },
-                );
+                         SELECT x.guid, x.tenant_id, x.type_name, x.name, x.qualified_name, \
+                                x.status, x.parent_guid, x.attributes::text AS attributes \
+                         FROM meta.assets x WHERE x.guid = g.id LIMIT 1 \
+                     ) a \
+                     UNION \
+                     SELECT p.* FROM walk w \
+                     CROSS JOIN LATERAL ( \
+                         SELECT x.guid, x.tenant_id, x.type_name, x.name, x.qualified_name, \
+                                x.status, x.parent_guid, NULL::text AS attributes \
+                         FROM meta.assets x WHERE x.guid = w.parent_guid LIMIT 1 \
+                     ) p \
+                 ) \
+                 SELECT guid::text, tenant_id, type_name, name, qualified_name, status, \
+                        parent_guid::text, attributes, \
+                        CASE WHEN jsonb_typeof(attributes::jsonb -> 'ownerUsers') = 'array' \
+                             THEN ARRAY(SELECT jsonb_array_elements_text(attributes::jsonb -> 'ownerUsers')) \
+                             ELSE '{}'::text[] END, \
+                        CASE WHEN jsonb_typeof(attributes::jsonb -> 'ownerGroups') = 'array' \
+                             THEN ARRAY(SELECT jsonb_array_elements_text(attributes::jsonb -> 'ownerGroups')) \
+                             ELSE '{}'::text[] END \
+                 FROM walk",
+                &[&first],
+            )
+            .await?;
+        let mut nodes: HashMap<String, Node> = HashMap::new();
+        for r in rows {
+            let guid: String = r.get(0);
+            let attributes: Option<String> = r.get(7);
+            // An asset is both wanted and an ancestor of another wanted one: keep the row that
+            // carries its attributes.
+            if attributes.is_none() && nodes.contains_key(&guid) {
+                continue;
             }
-            parents.sort();
-            parents.dedup();
-            parents.retain(|p| !nodes.contains_key(p));
-            next = parents;
+            nodes.insert(
+                guid,
+                Node {
+                    tenant: r.get(1),
+                    type_name: r.get(2),
+                    name: r.get(3),
+                    qualified_name: r.get(4),
+                    status: r.get(5),
+                    parent: r.get(6),
+                    attributes: attributes.unwrap_or_default(),
+                    owner_users: r.get(8),
+                    owner_groups: r.get(9),
+                },
+            );
         }
         let mut found = HashMap::new();
         for (tenant, guid) in wanted {
@@ -394,8 +448,20 @@ type AssetRow = (
 #[async_trait]
 impl AsyncScalarUDFImpl for AssetFn {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let tenants = text_arg(&args, 0)?;
-        let guids = text_arg(&args, 1)?;
+        if let Some(done) = self.last.get(&args) {
+            return Ok(ColumnarValue::Array(done));
+        }
+        let result = self.evaluate(&args).await?;
+        self.last.put(&args, &result);
+        Ok(ColumnarValue::Array(result))
+    }
+}
+
+impl AssetFn {
+    async fn evaluate(&self, args: &ScalarFunctionArgs) -> Result<ArrayRef> {
+        let tenants = text_arg(args, 0)?;
+        let guids = text_arg(args, 1)?;
+        let mut seen = std::collections::HashSet::new();
         let mut wanted: Vec<(String, String)> = Vec::new();
         let mut keys: Vec<Option<(String, String)>> = Vec::with_capacity(args.number_rows);
         for i in 0..args.number_rows {
@@ -406,7 +472,7 @@ impl AsyncScalarUDFImpl for AssetFn {
                 _ => None,
             };
             if let Some(k) = &key {
-                if !wanted.contains(k) {
+                if seen.insert(k.clone()) {
                     wanted.push(k.clone());
                 }
             }
@@ -449,7 +515,7 @@ impl AsyncScalarUDFImpl for AssetFn {
                 .append_option(row.and_then(|r| r.3.as_deref()));
             builder.append(row.is_some());
         }
-        Ok(ColumnarValue::Array(Arc::new(builder.finish()) as ArrayRef))
+        Ok(Arc::new(builder.finish()) as ArrayRef)
     }
 }
 
@@ -464,6 +530,7 @@ struct LineageFn {
     signature: Signature,
     reader: Arc<MetastoreReader>,
     direction: Direction,
+    last: LastCall,
 }
 
 impl LineageFn {
@@ -475,6 +542,7 @@ impl LineageFn {
             ),
             reader,
             direction,
+            last: LastCall::default(),
         }
     }
 }
@@ -521,8 +589,19 @@ type LineageRow = (String, i32, String, String);
 #[async_trait]
 impl AsyncScalarUDFImpl for LineageFn {
     async fn invoke_async_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let tenants = text_arg(&args, 0)?;
-        let guids = text_arg(&args, 1)?;
+        if let Some(done) = self.last.get(&args) {
+            return Ok(ColumnarValue::Array(done));
+        }
+        let result = self.evaluate(&args).await?;
+        self.last.put(&args, &result);
+        Ok(ColumnarValue::Array(result))
+    }
+}
+
+impl LineageFn {
+    async fn evaluate(&self, args: &ScalarFunctionArgs) -> Result<ArrayRef> {
+        let tenants = text_arg(args, 0)?;
+        let guids = text_arg(args, 1)?;
         let depths = args.args[2].clone().into_array(args.number_rows)?;
         let depths = cast(&depths, &DataType::Int64)?;
         let depths = depths
@@ -530,6 +609,7 @@ impl AsyncScalarUDFImpl for LineageFn {
             .downcast_ref::<Int64Array>()
             .expect("cast to Int64")
             .clone();
+        let mut seen = std::collections::HashSet::new();
         let mut wanted: Vec<LineageKey> = Vec::new();
         let mut keys: Vec<Option<LineageKey>> = Vec::with_capacity(args.number_rows);
         for i in 0..args.number_rows {
@@ -546,7 +626,7 @@ impl AsyncScalarUDFImpl for LineageFn {
                 None
             };
             if let Some(k) = &key {
-                if !wanted.contains(k) {
+                if seen.insert(k.clone()) {
                     wanted.push(k.clone());
                 }
             }
@@ -610,6 +690,6 @@ impl AsyncScalarUDFImpl for LineageFn {
             }
             builder.append(true);
         }
-        Ok(ColumnarValue::Array(Arc::new(builder.finish())))
+        Ok(Arc::new(builder.finish()))
     }
 }
