@@ -25,6 +25,8 @@ pub struct FileConfig {
     /// Folder of pipeline files (`*.toml`), relative to this file. Their source tables are
     /// added to the captured tables.
     pub pipelines: Option<PathBuf>,
+    /// The ingest API (authenticated writes and inbound webhooks), served on `http.listen`.
+    pub ingest: Option<lily_ingest::IngestConfig>,
     /// The folder this file was read from (set by `load`, not written in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -198,6 +200,9 @@ impl FileConfig {
         s.sslmode
             .parse::<SslMode>()
             .map_err(|e| format!("[source] sslmode: {e}"))?;
+        if let Some(i) = &self.ingest {
+            i.validate().map_err(|e| format!("[ingest]: {e}"))?;
+        }
         let mut names = std::collections::HashSet::new();
         for c in &self.consumers {
             if !names.insert(c.name()) {

@@ -82,6 +82,11 @@ async fn dev_webhook_receiver() -> Option<FakeReceiver> {
     Some(receiver)
 }
 
+/// The ingest API with its defaults (API keys only).
+fn dev_ingest() -> lily_ingest::IngestConfig {
+    toml::from_str("").expect("the ingest defaults parse")
+}
+
 pub async fn run(listen: &str) -> anyhow::Result<()> {
     let receiver = dev_webhook_receiver().await.map(std::sync::Arc::new);
     if let Some(r) = &receiver {
@@ -134,6 +139,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
     );
 
     let seed_client = cluster.connect("metastore").await?;
+    let listen_for_seed = listen.to_string();
     tokio::spawn(async move {
         // Load the example once the slot streams, so its changes are captured.
         for _ in 0..400 {
@@ -148,6 +154,20 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
             if active {
                 if let Err(error) = seed_client.batch_execute(EXAMPLE).await {
                     tracing::error!(%error, "Loading the example estate failed.");
+                    return;
+                }
+                match lily_auth::ApiKeys::new()
+                    .create(&seed_client, "demo", "dev", ["admin"])
+                    .await
+                {
+                    Ok((key, _)) => eprintln!(
+                        "\nIngest API key for tenant demo (admin), printed once:\n  {key}\n\
+                         Try: curl -H 'authorization: Bearer {key}' -H 'content-type: application/json' \
+                         -d '{{\"upsert\": [{{\"type_name\": \"Connection\", \"qualified_name\": \"pg\", \"name\": \"pg\"}}]}}' \
+                         http://{listen_for_seed}/v1/tenants/demo/assets\n",
+                        key = key.expose_secret()
+                    ),
+                    Err(error) => tracing::error!(%error, "Creating the dev API key failed."),
                 }
                 return;
             }
@@ -158,7 +178,14 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
     let consumers = [ConsumerConfig::Log {
         name: "stdout".into(),
     }];
-    let result = crate::run_pipeline(capture, &consumers, Some(&pipelines_dir()), listen).await;
+    let result = crate::run_pipeline(
+        capture,
+        &consumers,
+        Some(&pipelines_dir()),
+        listen,
+        Some(&dev_ingest()),
+    )
+    .await;
     drop(receiver);
     drop(cluster);
     result

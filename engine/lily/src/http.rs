@@ -38,6 +38,7 @@ pub async fn serve(
     listen: &str,
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    ingest: Option<Router>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -48,6 +49,10 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(AppState { metrics, ready });
+    let app = match ingest {
+        Some(routes) => app.merge(routes),
+        None => app,
+    };
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! `lily`: the atlanlily engine's one binary.
 
+mod apikey;
 mod config;
 mod dev;
 mod dlq;
 mod http;
+mod load;
 mod pipelines;
 
 use std::path::PathBuf;
@@ -67,6 +69,26 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9187")]
         listen: String,
     },
+    /// API keys of the ingest API (bound to one tenant, with scopes).
+    Apikey {
+        #[command(subcommand)]
+        action: ApikeyAction,
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Bulk-load asset files (NDJSON or Parquet) for one tenant: structural assets first, then
+    /// columns and BI fields in large batches. Interrupted loads resume when run again.
+    Load {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// Forget earlier progress on these files and read them again from the start.
+        #[arg(long)]
+        restart: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Operate on the replication slot of a config file.
     Slot {
         #[command(subcommand)]
@@ -92,6 +114,33 @@ enum DlqAction {
         /// Only this dead letter.
         #[arg(long)]
         id: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApikeyAction {
+    /// Create a key; prints it once on stdout.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// assets:write, lineage:write, classifications:write, incidents:write, load:write,
+        /// assets:read, admin (repeat the flag).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List a tenant's keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key.
+    Revoke {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -169,6 +218,30 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Dev { listen } => dev::run(&listen).await,
+        Command::Load {
+            config,
+            tenant,
+            restart,
+            files,
+        } => {
+            let cfg = FileConfig::load(&config)?;
+            let pg = pipelines::pg_config(&cfg.capture_config()?.connection);
+            load::run(&pg, &tenant, &files, restart).await
+        }
+        Command::Apikey { action, config } => {
+            let config = config.context("--config is required")?;
+            let cfg = FileConfig::load(&config)?;
+            let pg = pipelines::pg_config(&cfg.capture_config()?.connection);
+            match action {
+                ApikeyAction::Create {
+                    tenant,
+                    name,
+                    scopes,
+                } => apikey::create(&pg, &tenant, &name, &scopes).await,
+                ApikeyAction::List { tenant } => apikey::list(&pg, &tenant).await,
+                ApikeyAction::Revoke { tenant, id } => apikey::revoke(&pg, &tenant, &id).await,
+            }
+        }
         Command::Slot { action, config } => {
             let config = config.context("--config is required")?;
             let cfg = FileConfig::load(&config)?;
@@ -197,6 +270,31 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The ingest API's routes: a connection pool of its own (so bulk and pipeline work never
+/// takes its connections) and the authenticator (API keys, and OIDC tokens when configured).
+async fn ingest_router(
+    cfg: &lily_ingest::IngestConfig,
+    pg: &tokio_postgres::Config,
+) -> anyhow::Result<axum::Router> {
+    cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let pool = lily_ingest::pool(pg.clone(), cfg.pool_size).map_err(|e| anyhow::anyhow!(e))?;
+    let jwt = match &cfg.oidc {
+        Some(o) => Some(
+            lily_auth::JwtVerifier::new(o.clone())
+                .map_err(|e| anyhow::anyhow!("ingest.oidc: {e}"))?,
+        ),
+        None => None,
+    };
+    let auth = lily_auth::Authenticator::new(lily_auth::ApiKeys::new(), jwt);
+    let hooks = lily_ingest::Hooks::build(&cfg.monte_carlo, &cfg.okta)
+        .await
+        .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+    Ok(lily_ingest::router(
+        lily_ingest::Ingest::new(pool, auth, hooks),
+        cfg.max_body_bytes,
+    ))
+}
+
 pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -217,6 +315,7 @@ pub(crate) async fn run(cfg: FileConfig) -> anyhow::Result<()> {
         &cfg.consumers,
         cfg.pipelines_dir().as_deref(),
         &cfg.http.listen,
+        cfg.ingest.as_ref(),
     )
     .await
 }
@@ -226,6 +325,7 @@ pub(crate) async fn run_pipeline(
     consumer_cfgs: &[ConsumerConfig],
     pipelines_dir: Option<&std::path::Path>,
     listen: &str,
+    ingest: Option<&lily_ingest::IngestConfig>,
 ) -> anyhow::Result<()> {
     // Pipelines are planned first: their source tables join the captured tables. A pipeline
     // that does not plan is reported and left out; the others run.
@@ -260,8 +360,12 @@ pub(crate) async fn run_pipeline(
     let ready = Arc::new(AtomicBool::new(false));
     let listen = listen.to_string();
     let http_ready = ready.clone();
+    let ingest_routes = match ingest {
+        Some(cfg) => Some(ingest_router(cfg, &pg).await?),
+        None => None,
+    };
     tokio::spawn(async move {
-        if let Err(error) = http::serve(&listen, metrics, http_ready).await {
+        if let Err(error) = http::serve(&listen, metrics, http_ready, ingest_routes).await {
             tracing::error!(%error, "HTTP endpoint failed.");
         }
     });

@@ -63,6 +63,8 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(2, "0002", "metastore_assets"),
     migration!(3, "0003", "metastore_relations"),
     migration!(4, "0004", "delivery"),
+    migration!(5, "0005", "ingest"),
+    migration!(6, "0006", "load"),
 ];
 
 /// All migrations, in order (for inspection).

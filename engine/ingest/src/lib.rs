@@ -1,0 +1,30 @@
+//! The ingest API: authenticated, tenant-scoped writes of assets, lineage, classifications and
+//! incidents, and the inbound webhooks (Monte Carlo, Okta). Mounted by the `lily` binary next to
+//! /healthz, /readyz and /metrics; described by `openapi.json`.
+
+mod api;
+mod config;
+mod error;
+mod model;
+mod store;
+mod webhooks;
+
+pub use api::{router, Ingest, ROUTES};
+pub use config::IngestConfig;
+pub use error::ApiError;
+pub use model::{AssetIn, AssetsRequest, WriteResult, MAX_ITEMS};
+pub use store::asset_guid;
+pub use webhooks::{Hooks, MonteCarloHookConfig};
+
+/// The OpenAPI document of the ingest API.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// A pool of metastore connections for the ingest API (owner role; each request switches to
+/// `lily_ingest` inside its transaction).
+pub fn pool(pg: tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, String> {
+    let mgr = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+    deadpool_postgres::Pool::builder(mgr)
+        .max_size(size)
+        .build()
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,77 @@
+//! Bulk loads of assets (NDJSON, Parquet) into the metastore with COPY: a structural lane first,
+//! a bulk lane for columns, resumable.
+//!
+//! An estate is about 10% containers (connections, databases, schemas, tables, dashboards,
+//! processes) and 90% leaves (columns, BI fields). A load reads its file twice:
+//!
+//! 1. **Structural lane.** Every non-leaf asset and every lineage edge, in transactions of at
+//!    most [`LoadConfig::structural_chunk_rows`] rows (1,000), so that the containers become
+//!    visible within about a second of being read. This pass also checks every row of the file.
+//! 2. **Bulk lane.** The leaves ([`LaneRules`]: `Column`, `BIField` and configured types), in
+//!    large transactions: binary `COPY` into a session-local TEMP staging table, then one
+//!    `INSERT ... SELECT ... ON CONFLICT (guid) DO UPDATE ... WHERE` changed into `meta.assets`.
+//!    Unchanged rows are not rewritten (no version bump, no change event).
+//!
+//! Guids are computed here (UUIDv5, as `meta.asset_guid`) so every row, its parent and its
+//! lineage ends are named without a server look-up; a guid derived from another tenant's id can
+//! never be produced, so a load can only touch its own tenant's rows.
+//!
+//! **Resuming.** A job (`lily.load_jobs`) is identified by the tenant and the file's
+//! fingerprint. Each chunk's rows and the lane's new file position commit in one transaction, so
+//! after a crash the job says exactly what is committed and a re-run of the same file skips it.
+//!
+//! **Bad input.** The load stops at the first bad row with its file, line (row) and reason.
+//! Chunks committed before it stay; as the structural pass checks the whole file, a bad row
+//! anywhere stops the load before any bulk row is written.
+//!
+//! **Sharing the server.** Bulk chunks take a permit of a [`Throttle`] that loaders of all tenants
+//! can share; the structural lane and other writers never wait on it.
+//!
+//! ```no_run
+//! # async fn demo(mut client: tokio_postgres::Client) -> Result<(), lily_load::LoadError> {
+//! let loader = lily_load::Loader::default();
+//! let request = lily_load::LoadRequest::new("acme", "cli:load", "assets.ndjson");
+//! let report = loader.load(&mut client, &request).await?;
+//! println!("{} bulk rows at {:.0} rows/s", report.bulk.rows, report.bulk.rows_per_sec());
+//! # Ok(()) }
+//! ```
+
+mod chunk;
+mod error;
+mod job;
+mod loader;
+mod progress;
+mod record;
+mod source;
+mod throttle;
+
+pub use error::{LoadError, RowLocation};
+pub use job::JobTotals;
+pub use loader::{
+    ChunkInfo, LaneReport, LoadConfig, LoadObserver, LoadReport, LoadRequest, Loader,
+};
+#[cfg(feature = "cli")]
+pub use progress::render_progress;
+pub use progress::Progress;
+pub use record::{asset_guid, LaneRules};
+pub use source::Format;
+pub use throttle::Throttle;
+
+/// The two lanes of a load.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Containers, processes, lineage: small transactions, first.
+    #[default]
+    Structural,
+    /// Leaf assets: large COPY transactions, after the structural lane.
+    Bulk,
+}
+
+impl std::fmt::Display for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lane::Structural => "structural",
+            Lane::Bulk => "bulk",
+        })
+    }
+}
