@@ -141,6 +141,7 @@ async fn run() {
     });
 
     let load_client_cfg: tokio_postgres::Config = url.parse().unwrap();
+    let writers_cfg = load_client_cfg.clone();
     let (mut load_client, conn) = load_client_cfg
         .connect(tokio_postgres::NoTls)
         .await
@@ -149,7 +150,8 @@ async fn run() {
     let loading = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let loading2 = loading.clone();
     let load = tokio::spawn(async move {
-        let loader = lily_load::Loader::new(lily_load::LoadConfig::default());
+        let loader =
+            lily_load::Loader::new(lily_load::LoadConfig::default()).with_connect(writers_cfg);
         let request = lily_load::LoadRequest::new("bulk", "bench", &file);
         let report = loader.load(&mut load_client, &request).await.unwrap();
         loading2.store(false, std::sync::atomic::Ordering::Release);
@@ -189,11 +191,12 @@ async fn run() {
         })
         .collect();
     println!(
-        "inbound: load of {} rows ({} bulk) in {:.1} s = {:.0} bulk rows/s; {} changes streamed",
+        "inbound: load of {} rows ({} bulk) in {:.1} s = {:.0} bulk rows/s (chunks paced {:.1} s in all); {} changes streamed",
         report.structural.rows + report.bulk.rows,
         report.bulk.rows,
         report.elapsed.as_secs_f64(),
         report.bulk.rows_per_sec(),
+        report.bulk.paced.as_secs_f64(),
         streamed.load(std::sync::atomic::Ordering::Relaxed)
     );
     println!(

@@ -1,5 +1,6 @@
 //! `lily load`: bulk loads of asset files into the metastore, structural assets first, then
-//! columns and BI fields in large COPY transactions; resumable (run the same command again).
+//! columns and BI fields in large COPY transactions on parallel writers, paced by change-data-capture
+//! consumers; resumable (run the same command again).
 
 use std::path::PathBuf;
 
@@ -11,7 +12,9 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let mut client = crate::pipelines::connect(pg).await?;
     for file in files {
-        let loader = lily_load::Loader::new(lily_load::LoadConfig::default());
+        // Extra bulk writers connect like the first connection.
+        let loader =
+            lily_load::Loader::new(lily_load::LoadConfig::default()).with_connect(pg.clone());
         let bars = tokio::spawn(lily_load::render_progress(loader.progress()));
         let request = lily_load::LoadRequest::new(tenant, "cli:load", file).restart(restart);
         let result = loader.load(&mut client, &request).await;
@@ -32,6 +35,7 @@ pub(crate) async fn run(
                 "updated": report.updated,
                 "unchanged": report.unchanged,
                 "bulk_rows_per_sec": report.bulk.rows_per_sec().round(),
+                "bulk_paced_seconds": report.bulk.paced.as_secs_f64(),
                 "seconds": report.elapsed.as_secs_f64(),
             })
         );

@@ -7,9 +7,11 @@
 //! ```
 //!
 //! LILY_LOAD_ROWS (default 10,000,000) is the number of column rows; LILY_LOAD_RUNS (default 3)
-//! the number of fresh loads (tables truncated before each). A last run loads the same file again
+//! the number of fresh loads (tables truncated before each); LILY_LOAD_WRITERS (default
+//! [`LoadConfig::bulk_writers`]) the bulk lane's connections; LILY_LOAD_SHARED_BUFFERS (default
+//! 1GB) the server's buffer pool. A last run loads the same file again
 //! over the loaded tables (every row unchanged: the no-op upsert path).
-//! The 10M file is about 2.6 GB and the loaded table about 4.5 GB plus WAL: check `df` first.
+//! The 10M file is about 3.2 GB and the loaded table about 4.5 GB plus WAL: check `df` first.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -127,8 +129,11 @@ async fn bench() {
 
     // As the capacity measurement: a bigger buffer pool and fewer checkpoints than the harness
     // defaults (which keep fsync and full_page_writes off).
+    let shared_buffers =
+        std::env::var("LILY_LOAD_SHARED_BUFFERS").unwrap_or_else(|_| "1GB".to_string());
+    println!("shared_buffers: {shared_buffers}");
     let opts = ClusterOptions::default()
-        .setting("shared_buffers", "1GB")
+        .setting("shared_buffers", shared_buffers.as_str())
         .setting("max_wal_size", "2GB")
         .setting("checkpoint_timeout", "30min");
     let pg = PgCluster::start_with(opts).await.expect("cluster");
@@ -140,7 +145,13 @@ async fn bench() {
         .await
         .expect("tenant");
 
-    let loader = Loader::new(LoadConfig::default());
+    let writers = env_usize("LILY_LOAD_WRITERS", LoadConfig::default().bulk_writers);
+    let loader = Loader::new(LoadConfig {
+        bulk_writers: writers,
+        ..LoadConfig::default()
+    })
+    .with_connect(pg.config("lily"));
+    println!("bulk writers: {writers}");
     let mut bulk_rates = Vec::new();
     let mut totals = Vec::new();
     for run in 1..=runs {

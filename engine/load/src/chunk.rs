@@ -1,6 +1,7 @@
 //! Turning a lane's records into chunks: binary COPY data for the staging tables, plus where in
 //! the file the chunk ends. Runs on a blocking thread, one chunk ahead of the database.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,10 @@ pub(crate) struct Chunk {
     pub last: Option<RowLocation>,
     /// The lane reached the end of the file with this chunk.
     pub final_chunk: bool,
+    /// An asset of this chunk is also in one of the [`ReadLane::overlap_window`] chunks before
+    /// it: it must not be written while they are in flight (two open transactions inserting one
+    /// key wait on each other).
+    pub overlaps_recent: bool,
     /// The file's size in what `end.position` counts (bytes or rows), for progress.
     pub total: u64,
 }
@@ -173,13 +178,16 @@ impl<'t> ChunkBuilder<'t> {
     /// qualified name wins): `INSERT ... ON CONFLICT DO UPDATE` cannot touch a row twice in one
     /// statement, and guid order means B-tree inserts walk each partition's index in order and
     /// concurrent loads lock shared rows in the same order (no deadlocks between them).
-    fn finish(self, end: Checkpoint, final_chunk: bool) -> Chunk {
+    /// Also returns the chunk's distinct guids, sorted.
+    fn finish(self, end: Checkpoint, final_chunk: bool) -> (Chunk, Vec<u128>) {
         let asset_rows = self.staged.len() as u64;
         let mut staged = self.staged;
         staged.sort_unstable_by_key(|s| (s.guid, s.seq));
         let mut assets = None;
         let mut distinct = 0u64;
+        let mut guids = Vec::new();
         if !staged.is_empty() {
+            guids.reserve(staged.len());
             let mut out =
                 Vec::with_capacity(COPY_HEADER.len() + self.tuples.len() + COPY_TRAILER.len());
             out.extend_from_slice(COPY_HEADER);
@@ -188,6 +196,7 @@ impl<'t> ChunkBuilder<'t> {
                     continue;
                 }
                 out.extend_from_slice(&self.tuples[s.start as usize..s.end as usize]);
+                guids.push(s.guid);
                 distinct += 1;
             }
             out.extend_from_slice(COPY_TRAILER);
@@ -201,7 +210,7 @@ impl<'t> ChunkBuilder<'t> {
             out.extend_from_slice(COPY_TRAILER);
             Bytes::from(out)
         });
-        Chunk {
+        let chunk = Chunk {
             assets,
             asset_rows,
             staged_assets: distinct,
@@ -212,8 +221,10 @@ impl<'t> ChunkBuilder<'t> {
             first: self.first,
             last: self.last,
             final_chunk,
+            overlaps_recent: false,
             total: 0,
-        }
+        };
+        (chunk, guids)
     }
 }
 
@@ -228,6 +239,22 @@ pub(crate) struct ReadLane {
     pub tenant: String,
     pub rules: LaneRules,
     pub limits: Arc<ChunkLimits>,
+    /// How many chunks before each one may still be in flight when it is written (writers - 1):
+    /// the chunks [`Chunk::overlaps_recent`] is computed against.
+    pub overlap_window: usize,
+}
+
+/// Whether two sorted lists share an element.
+fn intersects(a: &[u128], b: &[u128]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => return true,
+        }
+    }
+    false
 }
 
 /// Reads `source` to its end, sending this lane's rows as chunks. Rows of the other lane are
@@ -240,9 +267,19 @@ pub(crate) fn read_lane(
     tx: mpsc::Sender<Result<Chunk, LoadError>>,
 ) {
     let total = source.total();
-    let close = |b: ChunkBuilder<'_>, end: Checkpoint, final_chunk: bool| Chunk {
-        total,
-        ..b.finish(end, final_chunk)
+    // The guids of the last `overlap_window` chunks.
+    let mut recent: VecDeque<Vec<u128>> = VecDeque::with_capacity(job.overlap_window);
+    let mut close = |b: ChunkBuilder<'_>, end: Checkpoint, final_chunk: bool| {
+        let (mut chunk, guids) = b.finish(end, final_chunk);
+        chunk.total = total;
+        if job.overlap_window > 0 {
+            chunk.overlaps_recent = recent.iter().any(|r| intersects(r, &guids));
+            if recent.len() == job.overlap_window {
+                recent.pop_front();
+            }
+            recent.push_back(guids);
+        }
+        chunk
     };
     // Just past the last row read successfully: where a chunk cut short by a bad row ends.
     let mut consumed = source.checkpoint();
@@ -280,5 +317,19 @@ pub(crate) fn read_lane(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::intersects;
+
+    #[test]
+    fn sorted_lists_intersect() {
+        assert!(intersects(&[1, 4, 9], &[2, 3, 9]));
+        assert!(intersects(&[5], &[1, 5, 7]));
+        assert!(!intersects(&[1, 4, 9], &[2, 3, 10]));
+        assert!(!intersects(&[], &[1]));
+        assert!(!intersects(&[u128::MAX], &[0]));
     }
 }

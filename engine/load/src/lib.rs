@@ -24,6 +24,18 @@
 //! Chunks committed before it stay; as the structural pass checks the whole file, a bad row
 //! anywhere stops the load before any bulk row is written.
 //!
+//! **Parallel bulk writers.** The bulk lane writes [`LoadConfig::bulk_writers`] chunks at once,
+//! each on its own connection (with [`Loader::with_connect`]). They take their throttle permits
+//! and commit in file order, so the committed rows are always a prefix of the file and resuming
+//! stays exact. A chunk sharing an asset with a chunk still in flight waits for it (two open
+//! transactions inserting one key would wait on each other).
+//!
+//! **Pacing on change-data-capture.** While a logical replication slot of the database is active,
+//! bulk chunks are capped at [`LoadConfig::replicated_chunk_rows`] and wait whenever the slot is
+//! more than [`LoadConfig::max_replication_lag_bytes`] behind: a consumer gets a transaction only
+//! after every transaction committed before it, so a near-real-time change committed during a
+//! load waits behind at most that much bulk WAL. The load then runs as fast as its consumers read.
+//!
 //! **Sharing the server.** Bulk chunks take a permit of a [`Throttle`] that loaders of all tenants
 //! can share; the structural lane and other writers never wait on it.
 //!
@@ -56,6 +68,19 @@ pub use progress::Progress;
 pub use record::{asset_guid, LaneRules};
 pub use source::Format;
 pub use throttle::Throttle;
+
+/// The id of the job that loading `path` into `tenant` is (`lily.load_jobs.job_id`, 32 hex
+/// digits), without connecting: the ingest API names the job before its load starts. Depends on
+/// the file's size, modification time and content, so the file must not change afterwards.
+/// Blocking (reads up to 2 MiB of the file).
+pub fn job_id_of(
+    tenant: &str,
+    path: &std::path::Path,
+    format: Option<Format>,
+) -> Result<String, LoadError> {
+    let file = job::inspect(path, format)?;
+    Ok(job::job_id(tenant, &file.fingerprint))
+}
 
 /// The two lanes of a load.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

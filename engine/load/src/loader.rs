@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::SinkExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -109,6 +110,19 @@ pub struct LoadConfig {
     pub max_line_bytes: usize,
     /// Rows per Arrow batch read from Parquet.
     pub parquet_batch_rows: usize,
+    /// Connections writing bulk chunks at once (each its own transaction; they commit in file
+    /// order, so the job's position stays exact). More than one needs
+    /// [`Loader::with_connect`], and a [`Throttle`] with as many permits.
+    pub bulk_writers: usize,
+    /// While a logical replication slot of the database is active and further behind the
+    /// server's WAL than this many bytes, bulk chunks wait: near-real-time changes committed
+    /// during a load then reach change-data-capture consumers behind at most this much bulk
+    /// WAL. `None`: never wait.
+    pub max_replication_lag_bytes: Option<u64>,
+    /// Upper bound of rows per bulk chunk while a logical replication slot is active: a consumer
+    /// receives a transaction only at its commit, so a change committed just after a bulk chunk
+    /// waits for the whole chunk to be decoded and sent.
+    pub replicated_chunk_rows: usize,
 }
 
 impl Default for LoadConfig {
@@ -123,6 +137,9 @@ impl Default for LoadConfig {
             bulk_chunk_target: Duration::from_secs(2),
             max_line_bytes: 16 << 20,
             parquet_batch_rows: 8_192,
+            bulk_writers: 2,
+            max_replication_lag_bytes: Some(16 << 20),
+            replicated_chunk_rows: 10_000,
         }
     }
 }
@@ -184,6 +201,9 @@ pub struct LaneReport {
     pub elapsed: Duration,
     /// An earlier run had finished the lane; this run did not read it.
     pub already_done: bool,
+    /// Time chunks spent waiting for change-data-capture consumers to catch up (summed over
+    /// the writers).
+    pub paced: Duration,
 }
 
 impl LaneReport {
@@ -253,6 +273,8 @@ pub struct Loader {
     throttle: Throttle,
     observer: Option<Arc<dyn LoadObserver>>,
     progress: watch::Sender<Progress>,
+    /// How to open the extra bulk writers' connections.
+    connect: Option<tokio_postgres::Config>,
 }
 
 impl Default for Loader {
@@ -280,17 +302,24 @@ struct JobCtx<'a> {
     request: &'a LoadRequest,
     file: FileInfo,
     job_id: String,
-    statements: Statements,
 }
 
 impl Loader {
     pub fn new(config: LoadConfig) -> Self {
         Loader {
+            throttle: Throttle::new(config.bulk_writers),
             config,
-            throttle: Throttle::default(),
             observer: None,
             progress: watch::channel(Progress::default()).0,
+            connect: None,
         }
+    }
+
+    /// Lets the bulk lane open [`LoadConfig::bulk_writers`] - 1 more connections like this one
+    /// (the owner of `meta.assets`, as the client given to [`Loader::load`]).
+    pub fn with_connect(mut self, pg: tokio_postgres::Config) -> Self {
+        self.connect = Some(pg);
+        self
     }
 
     /// Share a throttle with other loaders (see [`Throttle`]).
@@ -347,7 +376,6 @@ impl Loader {
             return Err(LoadError::NoSuchTenant(request.tenant.clone()));
         }
         prepare_session(client).await?;
-        let statements = Statements::prepare(client).await?;
         let job_id = job::job_id(&request.tenant, &file.fingerprint);
         let state = job::start(
             client,
@@ -362,7 +390,6 @@ impl Loader {
             request,
             file,
             job_id,
-            statements,
         };
         let mut report = LoadReport {
             job_id: ctx.job_id.clone(),
@@ -452,21 +479,63 @@ impl Loader {
     ) -> Result<(), LoadError> {
         let cfg = &self.config;
         let started = Instant::now();
+        // Extra bulk writers, each with its own session (staging tables, prepared statements).
+        let mut extra = Vec::new();
+        if lane == Lane::Bulk {
+            if let Some(pg) = &self.connect {
+                for _ in 1..cfg.bulk_writers.max(1) {
+                    let (c, conn) = pg
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| LoadError::pg("connecting a bulk writer", e))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "bulk writer connection ended");
+                        }
+                    });
+                    prepare_session(&c).await?;
+                    extra.push(c);
+                }
+            }
+        }
+        let mut idle = Vec::with_capacity(1 + extra.len());
+        for c in std::iter::once(client).chain(extra.iter_mut()) {
+            let statements = Statements::prepare(c).await?;
+            idle.push(Writer {
+                client: c,
+                statements,
+                plain_first: true,
+            });
+        }
+        let writers = idle.len();
+        // A consumer receives a transaction at its commit: keep bulk transactions short while
+        // one is reading this database.
+        let mut max_rows = match lane {
+            Lane::Structural => cfg.structural_chunk_rows,
+            Lane::Bulk => cfg.bulk_chunk_rows,
+        };
+        let pace = match (lane, cfg.max_replication_lag_bytes) {
+            (Lane::Bulk, Some(max)) => {
+                if replication_lag(idle[0].client).await?.is_some() {
+                    max_rows = max_rows.min(cfg.replicated_chunk_rows.max(1));
+                }
+                Some(max)
+            }
+            _ => None,
+        };
         let limits = Arc::new(ChunkLimits {
-            rows: AtomicUsize::new(match lane {
-                Lane::Structural => cfg.structural_chunk_rows,
-                Lane::Bulk => cfg.bulk_chunk_rows,
-            }),
+            rows: AtomicUsize::new(max_rows),
             bytes: cfg.chunk_bytes,
             max_age: cfg.chunk_max_age,
         });
-        // Two chunks queued: the reader parses the next chunk while the server writes this one.
-        let (tx, mut rx) = mpsc::channel(2);
+        // Chunks queued: the reader parses ahead while the server writes.
+        let (tx, mut rx) = mpsc::channel(writers + 1);
         let read = ReadLane {
             lane,
             tenant: ctx.request.tenant.clone(),
             rules: cfg.lanes.clone(),
             limits: Arc::clone(&limits),
+            overlap_window: writers - 1,
         };
         let (path, format) = (ctx.file.path.clone(), ctx.file.format);
         let (max_line, batch_rows) = (cfg.max_line_bytes, cfg.parquet_batch_rows);
@@ -478,73 +547,104 @@ impl Loader {
                 }
             }
         });
-        let mut index = 0u64;
+
+        // Chunks are written concurrently but take throttle permits and commit strictly in
+        // file order, so what is committed is always a prefix of the file and the job's single
+        // position stays exact (a crash loses only uncommitted chunks, which resume reads again).
+        let (seq, _) = watch::channel(Seq::default());
+        let seq = &seq;
+        let mut inflight = FuturesUnordered::new();
+        let mut pending: Option<Chunk> = None;
+        let mut next_index = 0u64;
         let mut rows = 0u64;
         let mut reached_end = false;
-        // Try the plain insert until a chunk meets existing assets; go back to it after a chunk
-        // that turned out to be all new.
-        let mut plain_first = true;
-        while let Some(chunk) = rx.recv().await {
-            let chunk = chunk?;
-            let permit = match lane {
-                Lane::Bulk => Some(self.throttle.acquire().await),
-                Lane::Structural => None,
-            };
-            let info = ChunkInfo {
-                lane,
-                index,
-                asset_rows: chunk.asset_rows,
-                edge_rows: chunk.edge_rows,
-                end_position: chunk.end.position,
-                first: chunk.first,
-                last: chunk.last,
-            };
-            let t0 = Instant::now();
-            let counts = self
-                .commit_chunk(client, ctx, lane, &chunk, &info, plain_first)
-                .await?;
-            plain_first = counts.inserted == chunk.staged_assets;
-            let took = t0.elapsed();
-            drop(permit);
-            if lane == Lane::Bulk {
-                adapt(&limits, took, cfg);
+        let mut reader_done = false;
+        // The first failure in file order: (chunk index, error).
+        let mut failure: Option<(u64, LoadError)> = None;
+        loop {
+            if let Some(chunk) = pending.take() {
+                let ready = !idle.is_empty() && (!chunk.overlaps_recent || inflight.is_empty());
+                if ready && failure.is_none() {
+                    let writer = idle.pop().expect("a writer is idle");
+                    let index = next_index;
+                    next_index += 1;
+                    inflight.push(self.write_chunk(writer, ctx, lane, chunk, index, seq, pace));
+                    continue;
+                }
+                if failure.is_none() {
+                    pending = Some(chunk);
+                }
             }
-            index += 1;
-            rows += chunk.asset_rows + chunk.edge_rows;
-            let lane_report = match lane {
-                Lane::Structural => &mut report.structural,
-                Lane::Bulk => &mut report.bulk,
-            };
-            lane_report.rows = rows;
-            lane_report.chunks = index;
-            lane_report.elapsed = started.elapsed();
-            report.lineage_rows += chunk.edge_rows;
-            report.inserted += counts.inserted;
-            report.updated += counts.updated;
-            report.unchanged += counts.unchanged;
-            self.progress.send_replace(Progress {
-                file: ctx.request.path.clone(),
-                lane,
-                rows,
-                rows_per_sec: lane_report.rows_per_sec(),
-                position: chunk.end.position,
-                total: chunk.total,
-                lane_done: chunk.final_chunk,
-            });
-            if let Some(o) = &self.observer {
-                o.after_commit(&info);
-            }
-            if chunk.final_chunk {
-                reached_end = true;
+            let receiving = pending.is_none() && !reader_done && failure.is_none();
+            if !receiving && inflight.is_empty() {
                 break;
             }
-            if lane == Lane::Bulk {
-                self.throttle.between_chunks().await;
+            tokio::select! {
+                biased;
+                Some((writer, index, outcome)) = inflight.next(), if !inflight.is_empty() => {
+                    idle.push(writer);
+                    match outcome {
+                        Ok(Some(done)) => {
+                            if lane == Lane::Bulk {
+                                adapt(&limits, done.took, cfg, max_rows);
+                            }
+                            rows += done.rows;
+                            let lane_report = match lane {
+                                Lane::Structural => &mut report.structural,
+                                Lane::Bulk => &mut report.bulk,
+                            };
+                            lane_report.rows = rows;
+                            lane_report.chunks = index + 1;
+                            lane_report.elapsed = started.elapsed();
+                            lane_report.paced += done.paced;
+                            report.lineage_rows += done.info.edge_rows;
+                            report.inserted += done.counts.inserted;
+                            report.updated += done.counts.updated;
+                            report.unchanged += done.counts.unchanged;
+                            self.progress.send_replace(Progress {
+                                file: ctx.request.path.clone(),
+                                lane,
+                                rows,
+                                rows_per_sec: lane_report.rows_per_sec(),
+                                position: done.info.end_position,
+                                total: done.total,
+                                lane_done: done.final_chunk,
+                            });
+                            if let Some(o) = &self.observer {
+                                o.after_commit(&done.info);
+                            }
+                            if done.final_chunk {
+                                reached_end = true;
+                                reader_done = true;
+                            }
+                            if lane == Lane::Bulk {
+                                self.throttle.between_chunks().await;
+                            }
+                        }
+                        // Stopped because an earlier chunk failed.
+                        Ok(None) => {}
+                        Err(e) => {
+                            seq.send_modify(|s| s.failed = true);
+                            if failure.as_ref().is_none_or(|(i, _)| index < *i) {
+                                failure = Some((index, e));
+                            }
+                        }
+                    }
+                }
+                msg = rx.recv(), if receiving => match msg {
+                    Some(Ok(chunk)) => pending = Some(chunk),
+                    // After every chunk before the bad row, so it sorts after them.
+                    Some(Err(e)) => failure = Some((next_index, e)),
+                    None => reader_done = true,
+                },
             }
         }
         drop(rx);
         if let Err(e) = reader.await {
             return Err(LoadError::Reader(e.to_string()));
+        }
+        if let Some((_, e)) = failure {
+            return Err(e);
         }
         if !reached_end {
             return Err(LoadError::Reader(format!(
@@ -554,19 +654,87 @@ impl Loader {
         Ok(())
     }
 
-    /// One transaction: stage, upsert, move the lane's checkpoint (compare-and-set), commit.
+    /// One chunk on one writer, in its turn. Returns the writer with the outcome: `Ok(None)` if
+    /// it stopped (rolled back) because an earlier chunk failed.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_chunk<'w>(
+        &self,
+        mut writer: Writer<'w>,
+        ctx: &JobCtx<'_>,
+        lane: Lane,
+        chunk: Chunk,
+        index: u64,
+        seq: &watch::Sender<Seq>,
+        pace: Option<u64>,
+    ) -> (Writer<'w>, u64, Result<Option<ChunkDone>, LoadError>) {
+        let outcome = async {
+            let mut turn = seq.subscribe();
+            let mut paced = Duration::ZERO;
+            if let Some(max) = pace {
+                paced = wait_for_replication(writer.client, max).await?;
+            }
+            // Permits in file order: a later chunk holding the last permit while waiting for
+            // an earlier one to commit would wait forever.
+            if !wait_turn(&mut turn, |s| s.permitted >= index).await {
+                return Ok(None);
+            }
+            let permit = match lane {
+                Lane::Bulk => Some(self.throttle.acquire().await),
+                Lane::Structural => None,
+            };
+            seq.send_modify(|s| s.permitted = s.permitted.max(index + 1));
+            let info = ChunkInfo {
+                lane,
+                index,
+                asset_rows: chunk.asset_rows,
+                edge_rows: chunk.edge_rows,
+                end_position: chunk.end.position,
+                first: chunk.first,
+                last: chunk.last,
+            };
+            let committed = self
+                .commit_chunk(&mut writer, ctx, lane, &chunk, &info, &mut turn, index)
+                .await?;
+            drop(permit);
+            let Some((counts, took)) = committed else {
+                return Ok(None);
+            };
+            seq.send_modify(|s| s.committed = s.committed.max(index + 1));
+            writer.plain_first = counts.inserted == chunk.staged_assets;
+            Ok(Some(ChunkDone {
+                rows: chunk.asset_rows + chunk.edge_rows,
+                counts,
+                took,
+                paced,
+                final_chunk: chunk.final_chunk,
+                total: chunk.total,
+                info,
+            }))
+        }
+        .await;
+        (writer, index, outcome)
+    }
+
+    /// One transaction: stage, upsert, wait for the chunks before it to commit, move the lane's
+    /// checkpoint (compare-and-set), commit. Returns what it did and how long the writing took
+    /// (the wait excluded), or `None` if an earlier chunk failed (the transaction rolls back).
+    #[allow(clippy::too_many_arguments)]
     async fn commit_chunk(
         &self,
-        client: &mut Client,
+        writer: &mut Writer<'_>,
         ctx: &JobCtx<'_>,
         lane: Lane,
         chunk: &Chunk,
         info: &ChunkInfo,
-        plain_first: bool,
-    ) -> Result<ChunkCounts, LoadError> {
+        turn: &mut watch::Receiver<Seq>,
+        index: u64,
+    ) -> Result<Option<(ChunkCounts, Duration)>, LoadError> {
+        let t0 = Instant::now();
         let tenant = ctx.request.tenant.as_str();
         let rejected = |e: tokio_postgres::Error| chunk_error(e, ctx, lane, chunk);
-        let tx = client
+        let statements = &writer.statements;
+        let tx = writer
+            .client
             .transaction()
             .await
             .map_err(|e| LoadError::pg("starting a chunk transaction", e))?;
@@ -576,12 +744,12 @@ impl Loader {
                 .await
                 .map_err(rejected)?;
             let mut all_new = false;
-            if plain_first {
+            if writer.plain_first {
                 let pg = |e| LoadError::pg("setting a savepoint", e);
                 tx.batch_execute("SAVEPOINT lily_load_plain")
                     .await
                     .map_err(pg)?;
-                match tx.execute(&ctx.statements.insert_assets, &[&tenant]).await {
+                match tx.execute(&statements.insert_assets, &[&tenant]).await {
                     Ok(n) => {
                         counts.inserted = n;
                         all_new = true;
@@ -596,7 +764,7 @@ impl Loader {
             }
             if !all_new {
                 let row = tx
-                    .query_one(&ctx.statements.merge_assets, &[&tenant])
+                    .query_one(&statements.merge_assets, &[&tenant])
                     .await
                     .map_err(rejected)?;
                 let (inserted, written): (i64, i64) = (row.get(0), row.get(1));
@@ -609,9 +777,13 @@ impl Loader {
             copy_in(&tx, COPY_EDGES, data.clone())
                 .await
                 .map_err(rejected)?;
-            tx.execute(&ctx.statements.merge_edges, &[&tenant])
+            tx.execute(&statements.merge_edges, &[&tenant])
                 .await
                 .map_err(rejected)?;
+        }
+        let took = t0.elapsed();
+        if !wait_turn(turn, |s| s.committed >= index).await {
+            return Ok(None);
         }
         let lane_index = match lane {
             Lane::Structural => 0,
@@ -619,7 +791,7 @@ impl Loader {
         };
         let moved = tx
             .execute(
-                &ctx.statements.checkpoint[lane_index],
+                &statements.checkpoint[lane_index],
                 &[
                     &ctx.job_id,
                     &(chunk.end.position as i64),
@@ -648,8 +820,71 @@ impl Loader {
         tx.commit()
             .await
             .map_err(|e| LoadError::pg("committing a chunk", e))?;
-        Ok(counts)
+        Ok(Some((counts, took)))
     }
+}
+
+/// A connection writing chunks.
+struct Writer<'c> {
+    client: &'c mut Client,
+    statements: Statements,
+    /// Try the plain insert until a chunk meets existing assets; go back to it after a chunk
+    /// that turned out to be all new.
+    plain_first: bool,
+}
+
+/// Where the chunks of a lane are: counts of chunks that took their permit and that committed
+/// (chunk `i` waits for `i` of each), and whether one failed.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seq {
+    permitted: u64,
+    committed: u64,
+    failed: bool,
+}
+
+/// Waits until `ready` holds; false if a chunk failed first.
+async fn wait_turn(rx: &mut watch::Receiver<Seq>, mut ready: impl FnMut(&Seq) -> bool) -> bool {
+    match rx.wait_for(|s| s.failed || ready(s)).await {
+        Ok(s) => !s.failed,
+        // The sender lives as long as the lane.
+        Err(_) => false,
+    }
+}
+
+/// What a committed chunk did.
+struct ChunkDone {
+    rows: u64,
+    counts: ChunkCounts,
+    took: Duration,
+    paced: Duration,
+    final_chunk: bool,
+    total: u64,
+    info: ChunkInfo,
+}
+
+/// Bytes of WAL between the server's current position and the slowest active logical slot of
+/// this database, `None` when no logical slot is active.
+const REPLICATION_LAG: &str = "
+SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn))::bigint
+FROM pg_replication_slots
+WHERE slot_type = 'logical' AND active AND database = current_database()";
+
+async fn replication_lag(client: &Client) -> Result<Option<u64>, LoadError> {
+    let lag: Option<i64> = client
+        .query_one(REPLICATION_LAG, &[])
+        .await
+        .map_err(|e| LoadError::pg("reading the replication lag", e))?
+        .get(0);
+    Ok(lag.map(|l| l.max(0) as u64))
+}
+
+/// Waits while an active logical slot is more than `max` bytes behind; returns how long.
+async fn wait_for_replication(client: &Client, max: u64) -> Result<Duration, LoadError> {
+    let started = Instant::now();
+    while replication_lag(client).await?.is_some_and(|lag| lag > max) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(started.elapsed())
 }
 
 impl Statements {
@@ -749,12 +984,12 @@ fn chunk_error(e: tokio_postgres::Error, ctx: &JobCtx<'_>, lane: Lane, chunk: &C
 }
 
 /// Halves the bulk chunk after a slow transaction, doubles it after a quick one.
-fn adapt(limits: &ChunkLimits, took: Duration, cfg: &LoadConfig) {
+fn adapt(limits: &ChunkLimits, took: Duration, cfg: &LoadConfig, max_rows: usize) {
     let current = limits.rows.load(Ordering::Relaxed);
     let next = if took > cfg.bulk_chunk_target {
         (current / 2).max(cfg.bulk_chunk_min_rows)
     } else if took < cfg.bulk_chunk_target / 4 {
-        current.saturating_mul(2).min(cfg.bulk_chunk_rows)
+        current.saturating_mul(2).min(max_rows)
     } else {
         current
     };
@@ -815,14 +1050,24 @@ mod tests {
             bytes: cfg.chunk_bytes,
             max_age: cfg.chunk_max_age,
         };
-        adapt(&limits, cfg.bulk_chunk_target * 2, &cfg);
+        adapt(
+            &limits,
+            cfg.bulk_chunk_target * 2,
+            &cfg,
+            cfg.bulk_chunk_rows,
+        );
         assert_eq!(limits.rows.load(Ordering::Relaxed), cfg.bulk_chunk_rows / 2);
         for _ in 0..20 {
-            adapt(&limits, cfg.bulk_chunk_target * 2, &cfg);
+            adapt(
+                &limits,
+                cfg.bulk_chunk_target * 2,
+                &cfg,
+                cfg.bulk_chunk_rows,
+            );
         }
         assert_eq!(limits.rows.load(Ordering::Relaxed), cfg.bulk_chunk_min_rows);
         for _ in 0..20 {
-            adapt(&limits, Duration::from_millis(1), &cfg);
+            adapt(&limits, Duration::from_millis(1), &cfg, cfg.bulk_chunk_rows);
         }
         assert_eq!(limits.rows.load(Ordering::Relaxed), cfg.bulk_chunk_rows);
     }

@@ -834,3 +834,124 @@ async fn capacity_measurement() {
     println!("{p}");
     assert!(!p.contains("Seq Scan on lineage_edges"), "{p}");
 }
+
+/// The tenant rule of meta.assets is checked per statement (0007): the same refusals as a
+/// foreign key, including a tenant deleted while another transaction inserts its assets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assets_need_their_tenant_and_keep_it() {
+    let (pg, client) = migrated("meta").await;
+    client
+        .batch_execute(
+            "INSERT INTO meta.tenants (tenant_id, name) VALUES ('t1', 'one'), ('t2', 'two'), ('t3', 'three');
+             INSERT INTO meta.assets (guid, tenant_id, type_name, qualified_name, name)
+             VALUES (meta.asset_guid('t1', 'a'), 't1', 'Table', 'a', 'a')",
+        )
+        .await
+        .unwrap();
+    let code = |e: tokio_postgres::Error| e.code().unwrap().code().to_string();
+    // Several rows, one of them of an unknown tenant: the whole statement is refused.
+    let err = client
+        .execute(
+            "INSERT INTO meta.assets (guid, tenant_id, type_name, qualified_name, name)
+             SELECT meta.asset_guid(t, 'b'), t, 'Table', 'b', 'b' FROM unnest(ARRAY['t1', 'nobody', 't2']) t",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("nobody") || format!("{err:?}").contains("nobody"),
+        "{err:?}"
+    );
+    assert_eq!(code(err), "23503");
+    // A tenant with assets cannot be deleted, renamed or truncated; one without can.
+    for sql in [
+        "DELETE FROM meta.tenants WHERE tenant_id = 't1'",
+        "UPDATE meta.tenants SET tenant_id = 't9' WHERE tenant_id = 't1'",
+        "TRUNCATE meta.tenants CASCADE",
+    ] {
+        let err = client.batch_execute(sql).await.unwrap_err();
+        assert_eq!(code(err), "23503", "{sql}");
+    }
+    client
+        .batch_execute("DELETE FROM meta.tenants WHERE tenant_id = 't3'")
+        .await
+        .unwrap();
+    // Above READ COMMITTED the delete could miss concurrent inserts: refused.
+    let err = client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; DELETE FROM meta.tenants WHERE tenant_id = 't2'",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), "0A000");
+    client.batch_execute("ROLLBACK").await.unwrap();
+    // An asset cannot move to another tenant.
+    let err = client
+        .batch_execute("UPDATE meta.assets SET tenant_id = 't2' WHERE qualified_name = 'a'")
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), "23503");
+
+    // A delete racing an insert: the insert holds the tenant row (KEY SHARE) until it commits,
+    // the delete waits for it and then sees the new asset.
+    let mut inserter = pg.connect("meta").await.unwrap();
+    let tx = inserter.transaction().await.unwrap();
+    tx.batch_execute(
+        "INSERT INTO meta.assets (guid, tenant_id, type_name, qualified_name, name)
+         VALUES (meta.asset_guid('t2', 'c'), 't2', 'Table', 'c', 'c')",
+    )
+    .await
+    .unwrap();
+    let deleter = pg.connect("meta").await.unwrap();
+    let delete = tokio::spawn(async move {
+        deleter
+            .batch_execute("DELETE FROM meta.tenants WHERE tenant_id = 't2'")
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !delete.is_finished(),
+        "the delete waits for the inserting transaction"
+    );
+    tx.commit().await.unwrap();
+    let err = delete.await.unwrap().unwrap_err();
+    assert_eq!(code(err), "23503");
+
+    // The other order: the tenant is deleted first; the insert waits, then finds no tenant.
+    let deleter = pg.connect("meta").await.unwrap();
+    deleter
+        .batch_execute("INSERT INTO meta.tenants (tenant_id, name) VALUES ('t4', 'four')")
+        .await
+        .unwrap();
+    deleter
+        .batch_execute("BEGIN; DELETE FROM meta.tenants WHERE tenant_id = 't4'")
+        .await
+        .unwrap();
+    let insert = tokio::spawn(async move {
+        inserter
+            .batch_execute(
+                "INSERT INTO meta.assets (guid, tenant_id, type_name, qualified_name, name)
+                 VALUES (meta.asset_guid('t4', 'd'), 't4', 'Table', 'd', 'd')",
+            )
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    if insert.is_finished() {
+        panic!(
+            "the insert did not wait for the deleting transaction: {:?}",
+            insert.await
+        );
+    }
+    deleter.batch_execute("COMMIT").await.unwrap();
+    let err = insert.await.unwrap().unwrap_err();
+    assert_eq!(code(err), "23503");
+    let orphans: i64 = client
+        .query_one(
+            "SELECT count(*) FROM meta.assets a WHERE NOT EXISTS (SELECT 1 FROM meta.tenants t WHERE t.tenant_id = a.tenant_id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphans, 0);
+}
