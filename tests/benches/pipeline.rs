@@ -191,7 +191,7 @@ async fn e2e(cluster: &PgCluster, rate: u64, seconds: u64) {
     std::env::set_var("LILY_BENCH_HOOK_URL", fake.url());
     std::env::set_var("LILY_BENCH_HOOK_SECRET", whsec(&key));
     let dir = tempfile::tempdir().unwrap();
-    let sql_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+    let sql_dir = manifest_dir().join("../sql");
     std::fs::write(
         dir.path().join("pii.toml"),
         format!(
@@ -393,4 +393,13 @@ fn main() {
             .await;
         }
     });
+}
+
+/// This package's directory, read when the test runs: a build directory shared between
+/// checkouts may hold a binary compiled in another one, so the compile-time value could point
+/// there.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
 }

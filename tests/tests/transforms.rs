@@ -8,7 +8,7 @@
 //! output rows (without the volatile `_` columns) must equal `sql/fixtures/NAME.golden.jsonl`.
 //! Set `LILY_UPDATE_GOLDEN=1` to write the golden files instead (then review the diff).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ struct Case {
 }
 
 fn sql_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql")
+    manifest_dir().join("../sql")
 }
 
 fn header(sql: &str, key: &str) -> Option<String> {
@@ -223,4 +223,13 @@ async fn sql_transforms_match_their_golden_output() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// This package's directory, read when the test runs: a build directory shared between
+/// checkouts may hold a binary compiled in another one, so the compile-time value could point
+/// there.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
 }

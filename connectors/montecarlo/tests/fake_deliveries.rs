@@ -105,11 +105,9 @@ fn null_table_name_and_group_id_and_both_threshold_forms_parse() {
 /// Duplicates collapse on event_key; distinct updates keep distinct keys, whatever the order.
 #[tokio::test]
 async fn duplicates_and_reordering_through_the_sql() {
-    let sql = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../sql/ingest/monte_carlo_incidents.sql"
-    ))
-    .unwrap();
+    let sql =
+        std::fs::read_to_string(manifest_dir().join("../../sql/ingest/monte_carlo_incidents.sql"))
+            .unwrap();
     let sources = [SourceTable {
         name: "events".into(),
         schema: events_schema(),
@@ -152,4 +150,13 @@ async fn duplicates_and_reordering_through_the_sql() {
         assert!(statuses.contains(&"resolved".to_string()));
         assert!(statuses.contains(&"investigating".to_string()));
     }
+}
+
+/// This package's directory, read when the test runs: a build directory shared between
+/// checkouts may hold a binary compiled in another one, so the compile-time value could point
+/// there.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
 }

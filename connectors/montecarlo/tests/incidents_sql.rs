@@ -7,13 +7,17 @@ use arrow_schema::DataType;
 use lily_montecarlo::{events_batch, events_schema};
 use lily_transform::{SourceTable, Transform};
 
-const SQL_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../sql/ingest/monte_carlo_incidents.sql"
-);
+/// Read when the test runs: a build directory shared between checkouts may hold a binary
+/// compiled in another one, so the compile-time `CARGO_MANIFEST_DIR` could point there.
+fn sql_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../../sql/ingest/monte_carlo_incidents.sql")
+}
 
 async fn transform() -> Transform {
-    let sql = std::fs::read_to_string(SQL_PATH).unwrap();
+    let sql = std::fs::read_to_string(sql_path()).unwrap();
     assert!(sql.starts_with("-- sources: events\n"), "header");
     let sources = [SourceTable {
         name: "events".into(),

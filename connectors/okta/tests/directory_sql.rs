@@ -9,11 +9,8 @@ use lily_okta::{events_batch, events_schema};
 use lily_transform::{SourceTable, Transform};
 
 async fn transform() -> Transform {
-    let sql = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../sql/ingest/okta_directory.sql"
-    ))
-    .unwrap();
+    let sql = std::fs::read_to_string(manifest_dir().join("../../sql/ingest/okta_directory.sql"))
+        .unwrap();
     assert!(sql.starts_with("-- sources: events\n"), "header");
     let sources = [SourceTable {
         name: "events".into(),
@@ -330,4 +327,13 @@ async fn membership_with_two_users_gives_two_rows() {
             ("membership".into(), "00g1".into(), "00u2".into())
         ]
     );
+}
+
+/// This package's directory, read when the test runs: a build directory shared between
+/// checkouts may hold a binary compiled in another one, so the compile-time value could point
+/// there.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
 }
