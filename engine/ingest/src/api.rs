@@ -5,14 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lily_auth::{Principal, Scope};
 
 use crate::error::ApiError;
+use crate::loads::{is_job_id, rfc3339, LoadsError, MemState};
 use crate::model::{
     check_name, valid_tag, valid_type_name, AssetsRequest, ClassificationsRequest, LineageRequest,
     WriteResult, ASSET_STATUSES, MAX_ITEMS,
@@ -27,6 +29,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tenants/{tenant}/webhooks/monte-carlo"),
     ("get", "/v1/tenants/{tenant}/webhooks/okta"),
     ("post", "/v1/tenants/{tenant}/webhooks/okta"),
+    ("post", "/v1/tenants/{tenant}/loads"),
+    ("get", "/v1/tenants/{tenant}/loads/{job_id}"),
 ];
 
 /// What the handlers share.
@@ -34,6 +38,9 @@ pub struct Ingest {
     pub(crate) pool: deadpool_postgres::Pool,
     pub(crate) auth: lily_auth::Authenticator,
     pub(crate) hooks: crate::webhooks::Hooks,
+    /// Bulk loads; `None` when no spool directory is configured (the load routes answer 404
+    /// `not_enabled`).
+    pub(crate) loads: Option<crate::Loads>,
 }
 
 impl Ingest {
@@ -42,12 +49,33 @@ impl Ingest {
         auth: lily_auth::Authenticator,
         hooks: crate::webhooks::Hooks,
     ) -> Arc<Self> {
-        Arc::new(Ingest { pool, auth, hooks })
+        Self::with_loads(pool, auth, hooks, None)
+    }
+
+    /// With bulk loads over the API (see [`crate::Loads`]).
+    pub fn with_loads(
+        pool: deadpool_postgres::Pool,
+        auth: lily_auth::Authenticator,
+        hooks: crate::webhooks::Hooks,
+        loads: Option<crate::Loads>,
+    ) -> Arc<Self> {
+        Arc::new(Ingest {
+            pool,
+            auth,
+            hooks,
+            loads,
+        })
     }
 }
 
-/// The ingest routes, with bodies limited to `max_body_bytes` (413 beyond).
+/// The ingest routes, with JSON bodies limited to `max_body_bytes` (413 beyond). Load uploads
+/// are streamed to disk and limited by the loads' own `max_load_bytes` instead.
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
+    // Mounted always, so the API's shape does not depend on configuration.
+    let loads = Router::new()
+        .route(ROUTES[6].1, post(create_load))
+        .route(ROUTES[7].1, get(load_status))
+        .layer(DefaultBodyLimit::disable());
     Router::new()
         .route(ROUTES[0].1, post(assets))
         .route(ROUTES[1].1, post(lineage))
@@ -58,15 +86,26 @@ pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
             get(crate::webhooks::okta_challenge).post(crate::webhooks::okta_events),
         )
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .merge(loads)
         .with_state(ingest)
 }
 
 /// Authenticates the caller and checks it may do `scope` on `tenant`.
-async fn authorize(
+pub(crate) async fn authorize(
     s: &Ingest,
     headers: &HeaderMap,
     tenant: &str,
     scope: Scope,
+) -> Result<Principal, ApiError> {
+    authorize_any(s, headers, tenant, &[scope]).await
+}
+
+/// Authenticates the caller and checks it acts for `tenant` with at least one of `scopes`.
+pub(crate) async fn authorize_any(
+    s: &Ingest,
+    headers: &HeaderMap,
+    tenant: &str,
+    scopes: &[Scope],
 ) -> Result<Principal, ApiError> {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let client = s.pool.get().await?;
@@ -74,9 +113,18 @@ async fn authorize(
         .auth
         .authenticate(header("authorization"), header("x-api-key"), &client)
         .await?;
+    drop(client);
     principal.require_tenant(tenant)?;
-    principal.require(scope)?;
-    Ok(principal)
+    let mut refused = None;
+    for scope in scopes {
+        match principal.require(*scope) {
+            Ok(()) => return Ok(principal),
+            Err(e) => refused = refused.or(Some(e)),
+        }
+    }
+    Err(refused
+        .map(ApiError::from)
+        .unwrap_or_else(|| ApiError::internal("authorize_any without scopes")))
 }
 
 /// A body the JSON extractor refused, as a clear client error with the extractor's own status
@@ -97,7 +145,7 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     }
 }
 
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
@@ -306,4 +354,138 @@ async fn classifications(
         started,
     )
     .await
+}
+
+/// `POST /v1/tenants/{tenant}/loads`: the body is the file. Authorized before a byte of it is
+/// read; spooled to disk and fsynced before the 202.
+async fn create_load(
+    State(s): State<Arc<Ingest>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, HeaderMap, Json<serde_json::Value>), ApiError> {
+    let principal = authorize(&s, &headers, &tenant, Scope::LoadWrite).await?;
+    let loads = s.loads.as_ref().ok_or(LoadsError::NotEnabled)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let content_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let id = request_id();
+    let accepted = loads
+        .accept(
+            &tenant,
+            &principal.subject,
+            &id,
+            content_type,
+            content_length,
+            body,
+        )
+        .await?;
+    let location = format!("/v1/tenants/{tenant}/loads/{}", accepted.job_id);
+    tracing::info!(tenant, principal = %principal.subject, request = %id, job = %accepted.job_id,
+        bytes = accepted.bytes, "load accepted");
+    let mut out = HeaderMap::new();
+    out.insert(
+        header::LOCATION,
+        location
+            .parse()
+            .map_err(|_| ApiError::internal("unrepresentable load location"))?,
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        out,
+        Json(serde_json::json!({
+            "job_id": accepted.job_id,
+            "status": accepted.status,
+            "bytes": accepted.bytes,
+            "location": location,
+        })),
+    ))
+}
+
+/// `GET /v1/tenants/{tenant}/loads/{job_id}`: the job as the tenant may see it (row-level
+/// security on lily.load_jobs), overlaid with what only this process knows (queued, retrying).
+/// An unknown job and another tenant's job are the same 404.
+async fn load_status(
+    State(s): State<Arc<Ingest>>,
+    Path((tenant, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize_any(
+        &s,
+        &headers,
+        &tenant,
+        &[Scope::LoadWrite, Scope::AssetsRead],
+    )
+    .await?;
+    let loads = s.loads.as_ref().ok_or(LoadsError::NotEnabled)?;
+    if !is_job_id(&job_id) {
+        return Err(LoadsError::NotFound.into());
+    }
+    let memory = loads.status_of(&job_id).filter(|j| j.tenant == tenant);
+    let mut client = s.pool.get().await?;
+    let tx = store::begin(&mut client, &tenant).await?;
+    // The tenant filter repeats what row-level security enforces.
+    let row = tx
+        .query_opt(
+            "SELECT status, format, file_size, structural_rows, structural_done, lineage_rows,
+                    bulk_rows, bulk_done, inserted, updated, unchanged, runs, last_error,
+                    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                    to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+             FROM lily.load_jobs WHERE job_id = $1 AND tenant_id = $2",
+            &[&job_id, &tenant],
+        )
+        .await?;
+    tx.commit().await?;
+    let body = match (row, memory) {
+        (None, None) => return Err(LoadsError::NotFound.into()),
+        (None, Some(m)) => serde_json::json!({
+            "job_id": job_id,
+            "status": m.state.as_str(),
+            "format": null,
+            "bytes": m.bytes,
+            "structural": {"rows": 0, "done": false},
+            "bulk": {"rows": 0, "done": false},
+            "lineage_rows": 0,
+            "inserted": 0,
+            "updated": 0,
+            "unchanged": 0,
+            "runs": 0,
+            "last_error": match &m.state {
+                MemState::Failed(e) => Some(e.as_str()),
+                _ => None,
+            },
+            "created_at": rfc3339(m.accepted_at),
+            "finished_at": null,
+        }),
+        (Some(r), memory) => {
+            // While this process still holds the job (queued, running, or waiting to retry after
+            // a transient error the row already records as failed), that is its status.
+            let status = match memory.map(|m| m.state) {
+                Some(st @ (MemState::Queued | MemState::Running)) => st.as_str().to_string(),
+                _ => r.get::<_, String>(0),
+            };
+            let n = |i: usize| r.get::<_, i64>(i);
+            serde_json::json!({
+                "job_id": job_id,
+                "status": status,
+                "format": r.get::<_, String>(1),
+                "bytes": n(2),
+                "structural": {"rows": n(3), "done": r.get::<_, bool>(4)},
+                "bulk": {"rows": n(6), "done": r.get::<_, bool>(7)},
+                "lineage_rows": n(5),
+                "inserted": n(8),
+                "updated": n(9),
+                "unchanged": n(10),
+                "runs": r.get::<_, i32>(11),
+                "last_error": r.get::<_, Option<String>>(12),
+                "created_at": r.get::<_, Option<String>>(13),
+                "finished_at": r.get::<_, Option<String>>(14),
+            })
+        }
+    };
+    Ok(Json(body))
 }

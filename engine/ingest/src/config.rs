@@ -1,5 +1,7 @@
 //! The `[ingest]` section of the engine's config file.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// The ingest API. Without this section the binary serves only /healthz, /readyz and /metrics.
@@ -21,6 +23,23 @@ pub struct IngestConfig {
     /// Okta event hooks, one per tenant, at `/v1/tenants/{tenant}/webhooks/okta`.
     #[serde(default)]
     pub okta: Vec<lily_okta::OktaHookConfig>,
+    /// Directory where uploaded bulk-load files (`POST /v1/tenants/{tenant}/loads`) wait and
+    /// load; files of unfinished loads left there resume at the next start. One per process,
+    /// on a disk with room for `max_queued_loads` uploads. Without it the load routes answer
+    /// 404 `not_enabled`.
+    #[serde(default)]
+    pub load_spool_dir: Option<PathBuf>,
+    /// Largest bulk-load upload, in bytes (413 beyond). Not bounded by `max_body_bytes`: the
+    /// body goes to disk, not memory.
+    #[serde(default = "default_max_load")]
+    pub max_load_bytes: u64,
+    /// Bulk loads running at once, each on a connection of its own (outside `pool_size`).
+    #[serde(default = "default_concurrent_loads")]
+    pub max_concurrent_loads: usize,
+    /// Accepted loads waiting to run (uploads in progress included) beyond which an upload gets
+    /// 429 with Retry-After.
+    #[serde(default = "default_queued_loads")]
+    pub max_queued_loads: usize,
 }
 
 fn default_max_body() -> usize {
@@ -29,6 +48,18 @@ fn default_max_body() -> usize {
 
 fn default_pool() -> usize {
     8
+}
+
+fn default_max_load() -> u64 {
+    16 << 30
+}
+
+fn default_concurrent_loads() -> usize {
+    1
+}
+
+fn default_queued_loads() -> usize {
+    16
 }
 
 impl IngestConfig {
@@ -40,6 +71,72 @@ impl IngestConfig {
         if self.pool_size == 0 || self.pool_size > 256 {
             return Err("ingest.pool_size must be between 1 and 256".into());
         }
+        if self.max_load_bytes < 1024 || self.max_load_bytes > 1 << 40 {
+            return Err("ingest.max_load_bytes must be between 1024 and 1 TiB".into());
+        }
+        if self.max_concurrent_loads == 0 || self.max_concurrent_loads > 32 {
+            return Err("ingest.max_concurrent_loads must be between 1 and 32".into());
+        }
+        if self.max_queued_loads == 0 || self.max_queued_loads > 1024 {
+            return Err("ingest.max_queued_loads must be between 1 and 1024".into());
+        }
+        if self
+            .load_spool_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return Err("ingest.load_spool_dir must not be empty".into());
+        }
         Ok(())
+    }
+
+    /// The bulk-load settings, when loads are enabled (`load_spool_dir` set).
+    pub fn loads(&self) -> Option<crate::LoadsSettings> {
+        let dir = self.load_spool_dir.as_ref()?;
+        let mut settings = crate::LoadsSettings::new(dir);
+        settings.max_load_bytes = self.max_load_bytes;
+        settings.max_concurrent = self.max_concurrent_loads;
+        settings.max_queued = self.max_queued_loads;
+        Some(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_are_off_by_default_and_validated() {
+        let cfg: IngestConfig = toml::from_str("").unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.loads().is_none());
+        let cfg: IngestConfig = toml::from_str(
+            "load_spool_dir = \"/var/spool/lily\"\nmax_load_bytes = 1048576\nmax_concurrent_loads = 2\nmax_queued_loads = 4",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let loads = cfg.loads().unwrap();
+        assert_eq!(loads.spool_dir, PathBuf::from("/var/spool/lily"));
+        assert_eq!(
+            (loads.max_load_bytes, loads.max_concurrent, loads.max_queued),
+            (1 << 20, 2, 4)
+        );
+        for bad in [
+            "max_load_bytes = 10",
+            "max_concurrent_loads = 0",
+            "max_concurrent_loads = 33",
+            "max_queued_loads = 0",
+            "load_spool_dir = \"\"",
+        ] {
+            let cfg: IngestConfig = toml::from_str(bad).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<IngestConfig>("load_spool = \"x\"").is_err());
+        let defaults: IngestConfig = toml::from_str("load_spool_dir = \"s\"").unwrap();
+        let loads = defaults.loads().unwrap();
+        assert_eq!(
+            (loads.max_load_bytes, loads.max_concurrent, loads.max_queued),
+            (16 << 30, 1, 16)
+        );
     }
 }

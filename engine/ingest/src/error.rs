@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::loads::LoadsError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The request itself is wrong (400, 413, 415, 422): the message says what.
@@ -22,6 +24,9 @@ pub enum ApiError {
     Store(#[from] tokio_postgres::Error),
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A bulk-load upload or status request refused.
+    #[error("{0}")]
+    Loads(#[from] LoadsError),
 }
 
 impl ApiError {
@@ -77,9 +82,23 @@ impl ApiError {
                 _ => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Loads(e) => match e {
+                LoadsError::NotEnabled | LoadsError::NotFound => StatusCode::NOT_FOUND,
+                LoadsError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                LoadsError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                LoadsError::Empty => StatusCode::UNPROCESSABLE_ENTITY,
+                LoadsError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+                LoadsError::Body(_) => StatusCode::BAD_REQUEST,
+                LoadsError::ShuttingDown | LoadsError::Spool(_) | LoadsError::Inspect(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            },
         }
     }
 }
+
+/// How long a client should wait before sending a load again when the queue is full.
+const BUSY_RETRY_AFTER_SECS: &str = "30";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -105,6 +124,23 @@ impl IntoResponse for ApiError {
                     .map(|d| d.message().to_string())
                     .unwrap_or_else(|| "invalid data".into()),
             ),
+            ApiError::Loads(e) => match e {
+                LoadsError::NotEnabled => ("not_enabled", e.to_string()),
+                LoadsError::NotFound => ("not_found", e.to_string()),
+                LoadsError::UnsupportedMediaType(_) => ("unsupported_media_type", e.to_string()),
+                LoadsError::TooLarge { .. } => ("too_large", e.to_string()),
+                LoadsError::Empty => ("unprocessable", e.to_string()),
+                LoadsError::Busy(_) => ("busy", e.to_string()),
+                LoadsError::Body(_) => ("bad_request", e.to_string()),
+                LoadsError::ShuttingDown => ("unavailable", e.to_string()),
+                LoadsError::Spool(_) | LoadsError::Inspect(_) => {
+                    tracing::error!(error = %e, "could not spool a load");
+                    (
+                        "unavailable",
+                        "the upload could not be stored; retry".into(),
+                    )
+                }
+            },
             ApiError::Store(_) if status == StatusCode::FORBIDDEN => {
                 tracing::error!(error = %self, "row-level security refused a write");
                 ("forbidden", "forbidden".into())
@@ -122,6 +158,12 @@ impl IntoResponse for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(
+                "retry-after",
+                axum::http::HeaderValue::from_static(BUSY_RETRY_AFTER_SECS),
+            );
         }
         resp
     }

@@ -1,10 +1,12 @@
 //! The ingest API: authenticated, tenant-scoped writes of assets, lineage, classifications and
-//! incidents, and the inbound webhooks (Monte Carlo, Okta). Mounted by the `lily` binary next to
+//! incidents, the inbound webhooks (Monte Carlo, Okta), and bulk loads of uploaded files (run in
+//! the background by [`Loads`]). Mounted by the `lily` binary next to
 //! /healthz, /readyz and /metrics; described by `openapi.json`.
 
 mod api;
 mod config;
 mod error;
+mod loads;
 mod model;
 mod store;
 mod webhooks;
@@ -12,6 +14,7 @@ mod webhooks;
 pub use api::{router, Ingest, ROUTES};
 pub use config::IngestConfig;
 pub use error::ApiError;
+pub use loads::{Loads, LoadsError, LoadsSettings};
 pub use model::{AssetIn, AssetsRequest, WriteResult, MAX_ITEMS};
 pub use store::asset_guid;
 pub use webhooks::{Hooks, MonteCarloHookConfig};

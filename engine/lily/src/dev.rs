@@ -82,9 +82,12 @@ async fn dev_webhook_receiver() -> Option<FakeReceiver> {
     Some(receiver)
 }
 
-/// The ingest API with its defaults (API keys only).
-fn dev_ingest() -> lily_ingest::IngestConfig {
-    toml::from_str("").expect("the ingest defaults parse")
+/// The ingest API with its defaults (API keys only), and bulk loads over the API spooled in
+/// `spool` (inside the throwaway cluster's directory, removed with it).
+fn dev_ingest(spool: PathBuf) -> lily_ingest::IngestConfig {
+    let mut cfg: lily_ingest::IngestConfig = toml::from_str("").expect("the ingest defaults parse");
+    cfg.load_spool_dir = Some(spool);
+    cfg
 }
 
 pub async fn run(listen: &str) -> anyhow::Result<()> {
@@ -164,7 +167,9 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
                         "\nIngest API key for tenant demo (admin), printed once:\n  {key}\n\
                          Try: curl -H 'authorization: Bearer {key}' -H 'content-type: application/json' \
                          -d '{{\"upsert\": [{{\"type_name\": \"Connection\", \"qualified_name\": \"pg\", \"name\": \"pg\"}}]}}' \
-                         http://{listen_for_seed}/v1/tenants/demo/assets\n",
+                         http://{listen_for_seed}/v1/tenants/demo/assets\n\
+                         Bulk load a file: curl -H 'authorization: Bearer {key}' -H 'content-type: application/x-ndjson' \
+                         --data-binary @assets.ndjson http://{listen_for_seed}/v1/tenants/demo/loads\n",
                         key = key.expose_secret()
                     ),
                     Err(error) => tracing::error!(%error, "Creating the dev API key failed."),
@@ -175,6 +180,12 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         }
     });
 
+    // Next to the cluster's data directory, in the directory the cluster removes on drop.
+    let spool = cluster
+        .data_dir()
+        .parent()
+        .unwrap_or(cluster.data_dir())
+        .join("load-spool");
     let consumers = [ConsumerConfig::Log {
         name: "stdout".into(),
     }];
@@ -183,7 +194,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         &consumers,
         Some(&pipelines_dir()),
         listen,
-        Some(&dev_ingest()),
+        Some(&dev_ingest(spool)),
     )
     .await;
     drop(receiver);

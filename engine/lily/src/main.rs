@@ -272,10 +272,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// The ingest API's routes: a connection pool of its own (so bulk and pipeline work never
 /// takes its connections) and the authenticator (API keys, and OIDC tokens when configured).
+/// With `load_spool_dir`, also the background bulk loads, resumed from the spool before the
+/// routes serve; the caller shuts them down.
 async fn ingest_router(
     cfg: &lily_ingest::IngestConfig,
     pg: &tokio_postgres::Config,
-) -> anyhow::Result<axum::Router> {
+) -> anyhow::Result<(axum::Router, Option<lily_ingest::Loads>)> {
     cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
     let pool = lily_ingest::pool(pg.clone(), cfg.pool_size).map_err(|e| anyhow::anyhow!(e))?;
     let jwt = match &cfg.oidc {
@@ -289,10 +291,25 @@ async fn ingest_router(
     let hooks = lily_ingest::Hooks::build(&cfg.monte_carlo, &cfg.okta)
         .await
         .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
-    Ok(lily_ingest::router(
-        lily_ingest::Ingest::new(pool, auth, hooks),
+    let loads = match cfg.loads() {
+        Some(settings) => {
+            let dir = settings.spool_dir.display().to_string();
+            let loads = lily_ingest::Loads::new(settings, pg.clone())
+                .map_err(|e| anyhow::anyhow!("ingest.load_spool_dir {dir}: {e}"))?;
+            let resumed = loads
+                .start()
+                .await
+                .map_err(|e| anyhow::anyhow!("ingest.load_spool_dir {dir}: {e}"))?;
+            tracing::info!(spool = %dir, resumed, "Bulk loads over the API enabled.");
+            Some(loads)
+        }
+        None => None,
+    };
+    let router = lily_ingest::router(
+        lily_ingest::Ingest::with_loads(pool, auth, hooks, loads.clone()),
         cfg.max_body_bytes,
-    ))
+    );
+    Ok((router, loads))
 }
 
 pub(crate) async fn migrate(url: &str) -> anyhow::Result<()> {
@@ -360,9 +377,12 @@ pub(crate) async fn run_pipeline(
     let ready = Arc::new(AtomicBool::new(false));
     let listen = listen.to_string();
     let http_ready = ready.clone();
-    let ingest_routes = match ingest {
-        Some(cfg) => Some(ingest_router(cfg, &pg).await?),
-        None => None,
+    let (ingest_routes, loads) = match ingest {
+        Some(cfg) => {
+            let (routes, loads) = ingest_router(cfg, &pg).await?;
+            (Some(routes), loads)
+        }
+        None => (None, None),
     };
     tokio::spawn(async move {
         if let Err(error) = http::serve(&listen, metrics, http_ready, ingest_routes).await {
@@ -414,14 +434,23 @@ pub(crate) async fn run_pipeline(
     if started > 0 {
         tracing::info!(pipelines = started, "Pipelines running.");
     }
+    let signal_loads = loads.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("Shutdown requested; draining.");
         let _ = stop_tx.send(true);
+        // Running loads are cancelled (the open chunk rolls back) and resume at the next start.
+        if let Some(loads) = signal_loads {
+            loads.shutdown().await;
+        }
     });
     ready.store(true, Ordering::Release);
     let result = capture.run(stop_rx).await;
     ready.store(false, Ordering::Release);
+    // Also when capture ended on its own: no load outlives the engine.
+    if let Some(loads) = &loads {
+        loads.shutdown().await;
+    }
     // Capture dropped its senders, so consumers see the end of their queue and return.
     while let Some(joined) = consumers.join_next().await {
         match joined {
