@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Server {
     base: String,
     addr: std::net::SocketAddr,
-    _cluster: PgCluster,
+    cluster: PgCluster,
     client: tokio_postgres::Client,
     /// Keys by name: acme_load (load:write), acme_read (assets:read), acme_assets
     /// (assets:write only), globex_load.
@@ -81,7 +81,7 @@ async fn start(tune: impl FnOnce(&mut LoadsSettings), prepare: impl FnOnce(&Path
     Server {
         base: format!("http://{addr}"),
         addr,
-        _cluster: cluster,
+        cluster,
         client,
         keys,
         key_ids,
@@ -654,4 +654,72 @@ async fn spooled_files_of_a_previous_process_resume_on_start() {
     s.loads.shutdown().await;
     s.loads.shutdown().await;
     assert_eq!(s.count("SELECT runs::bigint FROM lily.load_jobs").await, 1);
+}
+
+/// The metastore goes down in the middle of a load: the load is retried from its checkpoint
+/// once the server is back and ends done, with every asset written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_resumes_after_the_metastore_restarts() {
+    let s = start(
+        |t| {
+            t.retry_backoff = Duration::from_millis(300);
+            t.load.bulk_chunk_rows = 2_000;
+            t.load.bulk_chunk_min_rows = 2_000;
+        },
+        |_| {},
+    )
+    .await;
+    let tables = 40_000;
+    let rows = estate("big", tables);
+    let (st, _, body) = s
+        .upload(
+            Some("acme_load"),
+            "acme",
+            "application/x-ndjson",
+            ndjson(&rows),
+        )
+        .await;
+    assert_eq!(st, 202, "{body}");
+    let location = body["location"].as_str().unwrap().to_string();
+    // Down once some bulk chunks have committed, and long enough for a retry to fail.
+    let columns =
+        "SELECT count(*) FROM meta.assets WHERE tenant_id = 'acme' AND type_name = 'Column'";
+    let mut waited = 0;
+    while s.count(columns).await == 0 {
+        waited += 1;
+        assert!(waited < 3000, "no bulk chunk committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.cluster.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.cluster.start_again().await.unwrap();
+
+    // The API's own connections recover too; a poll may fail while they reconnect.
+    let mut status = Value::Null;
+    for _ in 0..1200 {
+        let (st, body) = s.get("acme_load", &location).await;
+        if st == 200 && (body["status"] == "done" || body["status"] == "failed") {
+            status = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["status"], "done", "{status}");
+    assert!(status["runs"].as_i64().unwrap() >= 2, "{status}");
+    let client = s.cluster.connect("ingest").await.unwrap();
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let expected = (4 + 4 * tables) as i64;
+    assert_eq!(
+        count("SELECT count(*) FROM meta.assets WHERE tenant_id = 'acme'").await,
+        expected
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM meta.assets WHERE tenant_id = 'acme' AND version <> 1").await,
+        0,
+        "nothing written twice"
+    );
+    s.spool_drains().await;
 }
