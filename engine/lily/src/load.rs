@@ -9,12 +9,12 @@ pub(crate) async fn run(
     tenant: &str,
     files: &[PathBuf],
     restart: bool,
+    settings: lily_load::LoadConfig,
 ) -> anyhow::Result<()> {
     let mut client = crate::pipelines::connect(pg).await?;
     for file in files {
         // Extra bulk writers connect like the first connection.
-        let loader =
-            lily_load::Loader::new(lily_load::LoadConfig::default()).with_connect(pg.clone());
+        let loader = lily_load::Loader::new(settings.clone()).with_connect(pg.clone());
         let bars = tokio::spawn(lily_load::render_progress(loader.progress()));
         let request = lily_load::LoadRequest::new(tenant, "cli:load", file).restart(restart);
         let result = loader.load(&mut client, &request).await;

@@ -86,6 +86,17 @@ enum Command {
         /// Forget earlier progress on these files and read them again from the start.
         #[arg(long)]
         restart: bool,
+        /// Connections writing bulk chunks at once (1 to 16); about one per core of the
+        /// metastore's server.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
+        writers: u8,
+        /// How far (MiB of WAL) an active logical replication slot may fall behind before bulk
+        /// chunks wait for it.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1048576))]
+        max_slot_lag_mib: u64,
+        /// Never wait for replication slots (their consumers may then lag by the whole load).
+        #[arg(long)]
+        no_slot_pacing: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -222,11 +233,19 @@ async fn main() -> anyhow::Result<()> {
             config,
             tenant,
             restart,
+            writers,
+            max_slot_lag_mib,
+            no_slot_pacing,
             files,
         } => {
             let cfg = FileConfig::load(&config)?;
             let pg = pipelines::pg_config(&cfg.capture_config()?.connection);
-            load::run(&pg, &tenant, &files, restart).await
+            let settings = lily_load::LoadConfig {
+                bulk_writers: writers.into(),
+                max_replication_lag_bytes: (!no_slot_pacing).then_some(max_slot_lag_mib << 20),
+                ..lily_load::LoadConfig::default()
+            };
+            load::run(&pg, &tenant, &files, restart, settings).await
         }
         Command::Apikey { action, config } => {
             let config = config.context("--config is required")?;

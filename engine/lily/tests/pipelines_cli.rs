@@ -341,3 +341,67 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
         ["A", "B", "C"].iter().map(|s| s.to_string()).collect()
     );
 }
+
+/// `lily load` from the command line: several writers, a JSON report per file, resumable
+/// (a second run of the same file finds its job done); bad flags are refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_writes_the_file_with_several_writers_and_reports_json() {
+    let cluster = PgCluster::start().await.unwrap();
+    cluster.create_database("meta").await.unwrap();
+    let url = cluster.url("meta");
+    let client = cluster.connect("meta").await.unwrap();
+    lily_metastore::migrate(&client).await.unwrap();
+    client
+        .batch_execute("INSERT INTO meta.tenants (tenant_id, name) VALUES ('demo', 'Demo')")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "lily.toml", CONFIG);
+    let mut lines = vec![r#"{"type_name":"Table","qualified_name":"t","name":"t"}"#.to_string()];
+    for i in 0..5000 {
+        lines.push(format!(
+            r#"{{"type_name":"Column","qualified_name":"t/c{i}","name":"c{i}","parent_qualified_name":"t"}}"#
+        ));
+    }
+    write(dir.path(), "cols.ndjson", &lines.join("\n"));
+    let config = dir.path().join("lily.toml");
+    let file = dir.path().join("cols.ndjson");
+    let args = |extra: &[&str]| {
+        let mut a = vec!["load", "-c", config.to_str().unwrap(), "--tenant", "demo"];
+        a.extend_from_slice(extra);
+        a.push(file.to_str().unwrap());
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let env = [("LILY_SRC_URL", url.as_str())];
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        lily(&a.iter().map(String::as_str).collect::<Vec<_>>(), &env)
+    };
+
+    let bad = run(&["--writers", "0"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--writers"));
+
+    let out = run(&["--writers", "3", "--no-slot-pacing"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(report["bulk_rows"], 5000);
+    assert_eq!(report["structural_rows"], 1);
+    assert_eq!(report["inserted"], 5001);
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM meta.assets WHERE tenant_id = 'demo'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5001);
+
+    let again = run(&[]);
+    assert!(again.status.success(), "{again:?}");
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&again.stdout).trim()).unwrap();
+    assert_eq!(report["already_complete"], true);
+}
