@@ -1137,15 +1137,26 @@ async fn a_shared_throttle_interleaves_tenants_bulk_chunks() {
         .max(order.iter().position(|t| *t == "t2").unwrap());
     let mut longest = 0;
     let mut run = 0;
+    let mut switches = 0;
     for i in first_both..=both_until {
         run = if i > first_both && order[i] == order[i - 1] {
             run + 1
         } else {
             1
         };
+        if i > first_both && order[i] != order[i - 1] {
+            switches += 1;
+        }
         longest = longest.max(run);
     }
-    assert!(longest <= 3, "{order:?}");
+    // A loader whose next chunk is not read yet is not waiting, so the other may take a few
+    // permits in a row; the test binary's other tests load the same two cores. Measured under
+    // that load: runs of up to 4. Without the shared FIFO permits a loader runs all its chunks.
+    assert!(longest <= 6, "{order:?}");
+    assert!(
+        switches >= chunks_each / 2,
+        "{switches} switches: {order:?}"
+    );
     assert_eq!(throttle.available(), 1);
 }
 
