@@ -139,6 +139,13 @@ impl Server {
         )
     }
 
+    /// Uploads with `key` (expects 202) and polls the job until it ends.
+    async fn upload_and_wait(&self, key: &str, tenant: &str, ctype: &str, body: Vec<u8>) -> Value {
+        let (st, _, accepted) = self.upload(Some(key), tenant, ctype, body).await;
+        assert_eq!(st, 202, "{accepted}");
+        self.wait(key, accepted["location"].as_str().unwrap()).await
+    }
+
     /// Polls the job until it is done or failed.
     async fn wait(&self, key: &str, location: &str) -> Value {
         for _ in 0..600 {
@@ -369,17 +376,13 @@ async fn ndjson_and_parquet_uploads_load_in_the_background_and_are_audited() {
 
     // Parquet, declared; and NDJSON sent as octet-stream (format detected).
     let rows = estate("pq", 2);
-    let (st, _, accepted) = s
-        .upload(
-            Some("acme_load"),
+    let job = s
+        .upload_and_wait(
+            "acme_load",
             "acme",
             "application/vnd.apache.parquet",
             parquet(&rows),
         )
-        .await;
-    assert_eq!(st, 202, "{accepted}");
-    let job = s
-        .wait("acme_load", accepted["location"].as_str().unwrap())
         .await;
     assert_eq!(
         (&job["status"], &job["format"]),
@@ -387,17 +390,13 @@ async fn ndjson_and_parquet_uploads_load_in_the_background_and_are_audited() {
         "{job}"
     );
     assert_eq!(job["inserted"], 12);
-    let (st, _, accepted) = s
-        .upload(
-            Some("globex_load"),
+    let job = s
+        .upload_and_wait(
+            "globex_load",
             "globex",
             "application/octet-stream",
             ndjson(&estate("gx", 1)),
         )
-        .await;
-    assert_eq!(st, 202, "{accepted}");
-    let job = s
-        .wait("globex_load", accepted["location"].as_str().unwrap())
         .await;
     assert_eq!(
         (&job["status"], &job["format"]),
@@ -424,12 +423,9 @@ async fn a_bad_row_fails_the_job_with_its_line() {
     let mut body = ndjson(&estate("snow", 1));
     body.extend_from_slice(b"{\"type_name\":\"Table\",\"name\":\"no qualified name\"}\n");
     let bad_line = body.iter().filter(|b| **b == b'\n').count();
-    let (st, _, accepted) = s
-        .upload(Some("acme_load"), "acme", "application/jsonl", body)
+    let job = s
+        .upload_and_wait("acme_load", "acme", "application/jsonl", body)
         .await;
-    assert_eq!(st, 202, "{accepted}");
-    let location = accepted["location"].as_str().unwrap();
-    let job = s.wait("acme_load", location).await;
     assert_eq!(job["status"], "failed", "{job}");
     let error = job["last_error"].as_str().unwrap();
     assert!(error.contains(&format!("line {bad_line}")), "{error}");
@@ -443,7 +439,7 @@ async fn a_bad_row_fails_the_job_with_its_line() {
             "globex_load",
             &format!(
                 "/v1/tenants/globex/loads/{}",
-                accepted["job_id"].as_str().unwrap()
+                job["job_id"].as_str().unwrap()
             ),
         )
         .await;
@@ -602,12 +598,8 @@ async fn uploads_are_authorized_typed_and_bounded() {
     // The client goes away mid-upload: its partial file is removed and its place freed.
     drop(slow);
     s.spool_drains().await;
-    let (st, _, accepted) = s
-        .upload(Some("acme_load"), "acme", "application/x-ndjson", body)
-        .await;
-    assert_eq!(st, 202, "{accepted}");
     let job = s
-        .wait("acme_load", accepted["location"].as_str().unwrap())
+        .upload_and_wait("acme_load", "acme", "application/x-ndjson", body)
         .await;
     assert_eq!(job["status"], "done", "{job}");
 }

@@ -320,6 +320,14 @@ impl LoadObserver for Recorder {
     }
 }
 
+/// Bulk-lane assets (columns and BI fields) among `assets`.
+fn count_bulk(assets: &BTreeMap<String, Want>) -> u64 {
+    assets
+        .values()
+        .filter(|w| w.type_name == "Column" || w.type_name == "BIField")
+        .count() as u64
+}
+
 async fn job_row(client: &Client, job_id: &str) -> tokio_postgres::Row {
     client
         .query_one(
@@ -589,11 +597,6 @@ async fn interrupted_load_resumes_exactly() {
         .map(|c| c.asset_rows)
         .sum::<u64>();
     assert_eq!(committed_bulk, 4 * 500);
-    let count_bulk = |m: &BTreeMap<String, Want>| {
-        m.values()
-            .filter(|w| w.type_name == "Column" || w.type_name == "BIField")
-            .count() as u64
-    };
     assert_eq!(count_bulk(&assets_of(&client, "t1").await), committed_bulk);
     let report_id = lily_load_job_id(&client).await;
     let job = job_row(&client, &report_id).await;
@@ -1209,11 +1212,6 @@ async fn parallel_writers_commit_in_file_order_and_resume_exactly() {
         assert!(pair[0].end_position < pair[1].end_position);
     }
     let committed: u64 = bulk.iter().map(|c| c.asset_rows).sum();
-    let count_bulk = |m: &BTreeMap<String, Want>| {
-        m.values()
-            .filter(|w| w.type_name == "Column" || w.type_name == "BIField")
-            .count() as u64
-    };
     assert_eq!(count_bulk(&assets_of(&client, "t1").await), committed);
     let job_id = lily_load_job_id(&client).await;
     assert_eq!(
