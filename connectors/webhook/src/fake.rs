@@ -20,6 +20,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,6 +28,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response as HttpResponse};
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -126,6 +128,8 @@ struct Shared {
     accepted: Mutex<HashSet<String>>,
     /// Woken after each recorded delivery, for [`FakeReceiver::wait_for_accepted`].
     recorded: Notify,
+    /// TCP connections accepted: a sender that reuses its connections opens few.
+    connections: AtomicUsize,
 }
 
 /// A poisoned lock means a test already panicked while holding it; the data is still the best
@@ -161,10 +165,15 @@ impl FakeReceiver {
             deliveries: Mutex::new(Vec::new()),
             accepted: Mutex::new(HashSet::new()),
             recorded: Notify::new(),
+            connections: AtomicUsize::new(0),
         });
         let app = Router::new()
             .fallback(receive)
             .with_state(Arc::clone(&shared));
+        let counted = Arc::clone(&shared);
+        let listener = listener.tap_io(move |_| {
+            counted.connections.fetch_add(1, Ordering::Relaxed);
+        });
         let server = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::warn!(error = %e, "fake webhook receiver stopped");
@@ -192,12 +201,17 @@ impl FakeReceiver {
         lock(&self.shared.script).push_back(response);
     }
 
-    /// Every request so far, in order of arrival.
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+
     /// Number of distinct ids answered 2xx (cheap; see `accepted_ids` for the ids).
     pub fn accepted_count(&self) -> usize {
         lock(&self.shared.accepted).len()
     }
 
+    /// Every request so far, in order of arrival.
     pub fn deliveries(&self) -> Vec<Delivery> {
         lock(&self.shared.deliveries).clone()
     }

@@ -20,6 +20,9 @@ const USER_AGENT: &str = concat!("lily-webhook/", env!("CARGO_PKG_VERSION"), " (
 /// An error answer is read this far and no further: the message quotes only
 /// [`outcome::EXCERPT_CHARS`] characters of it, and a receiver's error page can be large.
 const ERROR_BODY_READ_BYTES: usize = 4096;
+/// A success answer's body is read (and discarded) up to this size, so its connection can be
+/// reused; beyond it, closing the connection is cheaper than reading on.
+const SUCCESS_BODY_DRAIN_BYTES: usize = 64 << 10;
 /// Connecting should be quick even when answering is not; a black-holed address fails after
 /// this rather than after the whole request timeout.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,6 +115,9 @@ impl WebhookSink {
         let status = response.status();
         tracing::debug!(id = %record.id, status = status.as_u16(), "webhook answered");
         if status.is_success() {
+            // Read the (ignored) answer to its end so the connection goes back to the pool:
+            // dropping an unread body closes it, and the next delivery pays a new handshake.
+            drain(response).await;
             return Ok(());
         }
         let retry_after = outcome::retry_after(response.headers(), SystemTime::now());
@@ -177,6 +183,18 @@ fn unix_now() -> Result<i64, SinkError> {
         .ok()
         .and_then(|d| i64::try_from(d.as_secs()).ok())
         .ok_or_else(|| SinkError::retryable("the system clock is before 1970"))
+}
+
+/// Reads a success answer's body to its end, up to [`SUCCESS_BODY_DRAIN_BYTES`]; a longer or
+/// broken one is dropped (its connection then closes). The event is delivered either way.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0usize;
+    while read <= SUCCESS_BODY_DRAIN_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(None) | Err(_) => return,
+        }
+    }
 }
 
 /// The first [`ERROR_BODY_READ_BYTES`] of an answer's body; whatever arrived if it breaks off.

@@ -300,3 +300,26 @@ async fn several_records_are_several_requests() {
     assert!(!fake.wait_for_accepted(4, Duration::from_millis(50)).await);
     assert_eq!(fake.accepted_ids(), ["p:0/1:0", "p:0/1:1", "p:0/1:2"]);
 }
+
+/// A receiver's success body (small or spanning several TCP segments) does not cost the sender
+/// its connection: one connection carries every request.
+#[tokio::test]
+async fn one_connection_carries_many_deliveries_whatever_the_success_body() {
+    let fake = FakeReceiver::start(vec![KEY.to_vec()]).await;
+    for i in 0..10 {
+        let size = if i % 2 == 0 { 2 } else { 40_000 };
+        fake.push_response(Response::StatusWithBody(200, "x".repeat(size)));
+    }
+    let sink = sink(&fake.url(), &KEY, 5_000);
+    for i in 0..10 {
+        sink.deliver(&[record(&format!("p:0/1:{i}"))])
+            .await
+            .unwrap();
+    }
+    assert!(fake.wait_for_accepted(10, Duration::from_secs(5)).await);
+    assert_eq!(
+        fake.connections(),
+        1,
+        "each delivery should reuse the connection"
+    );
+}
