@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::error::{LoadError, RowLocation};
+use crate::partition::HashPartitions;
 use crate::record::{asset_guid, AssetRow, LaneRules, LineageRow, Record};
 use crate::source::{Checkpoint, RecordSource};
 use crate::Lane;
@@ -174,15 +175,24 @@ impl<'t> ChunkBuilder<'t> {
             || self.opened.is_some_and(|t| t.elapsed() >= limits.max_age)
     }
 
-    /// Closes the chunk at `end`. Assets are sorted by guid and deduplicated (the last row of a
+    /// Closes the chunk at `end`. Assets are sorted and deduplicated (the last row of a
     /// qualified name wins): `INSERT ... ON CONFLICT DO UPDATE` cannot touch a row twice in one
-    /// statement, and guid order means B-tree inserts walk each partition's index in order and
-    /// concurrent loads lock shared rows in the same order (no deadlocks between them).
-    /// Also returns the chunk's distinct guids, sorted.
-    fn finish(self, end: Checkpoint, final_chunk: bool) -> (Chunk, Vec<u128>) {
+    /// statement. The order is by partition of `meta.assets` when `partitions` is known, then
+    /// by guid: the server fills one partition's heap and indexes at a time, B-tree inserts
+    /// walk each index in order, and concurrent loads lock shared rows in the same order (no
+    /// deadlocks between them). Also returns the chunk's distinct guids, sorted.
+    fn finish(
+        self,
+        end: Checkpoint,
+        final_chunk: bool,
+        partitions: Option<HashPartitions>,
+    ) -> (Chunk, Vec<u128>) {
         let asset_rows = self.staged.len() as u64;
         let mut staged = self.staged;
-        staged.sort_unstable_by_key(|s| (s.guid, s.seq));
+        match partitions {
+            Some(p) => staged.sort_unstable_by_key(|s| (p.remainder(s.guid), s.guid, s.seq)),
+            None => staged.sort_unstable_by_key(|s| (s.guid, s.seq)),
+        }
         let mut assets = None;
         let mut distinct = 0u64;
         let mut guids = Vec::new();
@@ -201,6 +211,9 @@ impl<'t> ChunkBuilder<'t> {
             }
             out.extend_from_slice(COPY_TRAILER);
             assets = Some(Bytes::from(out));
+            if partitions.is_some() {
+                guids.sort_unstable();
+            }
         }
         let edges = (self.edge_rows > 0).then(|| {
             let mut out =
@@ -242,6 +255,8 @@ pub(crate) struct ReadLane {
     /// How many chunks before each one may still be in flight when it is written (writers - 1):
     /// the chunks [`Chunk::overlaps_recent`] is computed against.
     pub overlap_window: usize,
+    /// The partitioning of `meta.assets`, to send rows grouped by partition; `None`: guid order.
+    pub partitions: Option<HashPartitions>,
 }
 
 /// Whether two sorted lists share an element.
@@ -270,7 +285,7 @@ pub(crate) fn read_lane(
     // The guids of the last `overlap_window` chunks.
     let mut recent: VecDeque<Vec<u128>> = VecDeque::with_capacity(job.overlap_window);
     let mut close = |b: ChunkBuilder<'_>, end: Checkpoint, final_chunk: bool| {
-        let (mut chunk, guids) = b.finish(end, final_chunk);
+        let (mut chunk, guids) = b.finish(end, final_chunk, job.partitions);
         chunk.total = total;
         if job.overlap_window > 0 {
             chunk.overlaps_recent = recent.iter().any(|r| intersects(r, &guids));

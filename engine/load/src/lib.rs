@@ -52,6 +52,7 @@ mod chunk;
 mod error;
 mod job;
 mod loader;
+mod partition;
 mod progress;
 mod record;
 mod source;

@@ -16,6 +16,7 @@ use tokio_postgres::{Client, Statement, Transaction};
 use crate::chunk::{read_lane, Chunk, ChunkLimits, ReadLane};
 use crate::error::{LoadError, RowLocation};
 use crate::job::{self, Audit, FileInfo, JobState, JobTotals};
+use crate::partition;
 use crate::progress::Progress;
 use crate::record::LaneRules;
 use crate::source::{self, Checkpoint, Format};
@@ -536,6 +537,7 @@ impl Loader {
             rules: cfg.lanes.clone(),
             limits: Arc::clone(&limits),
             overlap_window: writers - 1,
+            partitions: partition::discover(idle[0].client).await,
         };
         let (path, format) = (ctx.file.path.clone(), ctx.file.format);
         let (max_line, batch_rows) = (cfg.max_line_bytes, cfg.parquet_batch_rows);
