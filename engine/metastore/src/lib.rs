@@ -66,6 +66,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(5, "0005", "ingest"),
     migration!(6, "0006", "load"),
     migration!(7, "0007", "bulk_writes"),
+    migration!(8, "0008", "partition_tenant_check"),
 ];
 
 /// All migrations, in order (for inspection).

@@ -863,6 +863,69 @@ async fn assets_need_their_tenant_and_keep_it() {
         "{err:?}"
     );
     assert_eq!(code(err), "23503");
+    // The same through a partition named directly, by INSERT and by COPY; a known tenant passes.
+    let partition: String = client
+        .query_one(
+            "SELECT tableoid::regclass::text FROM meta.assets WHERE qualified_name = 'a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let remainder: i32 = partition
+        .trim_start_matches("meta.assets_p")
+        .parse()
+        .unwrap();
+    // Rows whose guid belongs to that partition, so only the tenant rule can refuse them.
+    let err = client
+        .execute(
+            &format!(
+                "INSERT INTO {partition} (guid, tenant_id, type_name, qualified_name, name)
+                 SELECT g, 'nobody', 'Table', 'n' || i, 'n' || i
+                 FROM generate_series(1, 500) i, LATERAL meta.asset_guid('nobody', 'n' || i) g
+                 WHERE satisfies_hash_partition('meta.assets'::regclass, 32, $1, g)"
+            ),
+            &[&remainder],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(err), "23503", "insert into {partition}");
+    let inserted = client
+        .execute(
+            &format!(
+                "INSERT INTO {partition} (guid, tenant_id, type_name, qualified_name, name)
+                 SELECT g, 't2', 'Table', 'p' || i, 'p' || i
+                 FROM generate_series(1, 500) i, LATERAL meta.asset_guid('t2', 'p' || i) g
+                 WHERE satisfies_hash_partition('meta.assets'::regclass, 32, $1, g)"
+            ),
+            &[&remainder],
+        )
+        .await
+        .unwrap();
+    assert!(inserted > 0, "rows of a known tenant go into {partition}");
+    {
+        use futures_util::SinkExt;
+        let row: String = client
+            .query_one(
+                "SELECT g::text || E'\tnobody\tTable\tn' || i || E'\tn' || i || E'\n'
+                 FROM generate_series(1, 500) i, LATERAL meta.asset_guid('nobody', 'n' || i) g
+                 WHERE satisfies_hash_partition('meta.assets'::regclass, 32, $1, g) LIMIT 1",
+                &[&remainder],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let sink = client
+            .copy_in(&format!(
+                "COPY {partition} (guid, tenant_id, type_name, qualified_name, name) FROM STDIN"
+            ))
+            .await
+            .unwrap();
+        let mut sink = std::pin::pin!(sink);
+        sink.send(bytes::Bytes::from(row)).await.unwrap();
+        let err = sink.finish().await.unwrap_err();
+        assert_eq!(code(err), "23503", "copy into {partition}");
+    }
     // A tenant with assets cannot be deleted, renamed or truncated; one without can.
     for sql in [
         "DELETE FROM meta.tenants WHERE tenant_id = 't1'",
