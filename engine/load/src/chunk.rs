@@ -59,6 +59,8 @@ pub(crate) struct ChunkLimits {
 
 struct StagedAsset {
     guid: u128,
+    /// Partition of `meta.assets` (0 until [`ChunkBuilder::finish`] knows the partitioning).
+    part: u32,
     seq: u32,
     start: u32,
     end: u32,
@@ -146,6 +148,7 @@ impl<'t> ChunkBuilder<'t> {
         t.extend_from_slice(attributes.as_bytes());
         self.staged.push(StagedAsset {
             guid: guid.as_u128(),
+            part: 0,
             seq: self.staged.len() as u32,
             start: start as u32,
             end: self.tuples.len() as u32,
@@ -189,10 +192,13 @@ impl<'t> ChunkBuilder<'t> {
     ) -> (Chunk, Vec<u128>) {
         let asset_rows = self.staged.len() as u64;
         let mut staged = self.staged;
-        match partitions {
-            Some(p) => staged.sort_unstable_by_key(|s| (p.remainder(s.guid), s.guid, s.seq)),
-            None => staged.sort_unstable_by_key(|s| (s.guid, s.seq)),
+        if let Some(p) = partitions {
+            // Once per row, not per comparison.
+            for s in &mut staged {
+                s.part = p.remainder(s.guid);
+            }
         }
+        staged.sort_unstable_by_key(|s| (s.part, s.guid, s.seq));
         let mut assets = None;
         let mut distinct = 0u64;
         let mut guids = Vec::new();
