@@ -4,7 +4,8 @@
 //! consumer of `meta.assets` received it).
 //!
 //! `cargo bench -p lily-tests --bench inbound`; `LILY_BENCH_ROWS` (default 2,000,000) sets the
-//! load's column rows (plus one table per 100 columns).
+//! load's column rows (plus one table per 100 columns); `LILY_BENCH_MAX_LAG_MIB` (default: the
+//! loader's) the slot lag the bulk lane waits at.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -150,8 +151,7 @@ async fn run() {
     let loading = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let loading2 = loading.clone();
     let load = tokio::spawn(async move {
-        let loader =
-            lily_load::Loader::new(lily_load::LoadConfig::default()).with_connect(writers_cfg);
+        let loader = lily_load::Loader::new(load_config()).with_connect(writers_cfg);
         let request = lily_load::LoadRequest::new("bulk", "bench", &file);
         let report = loader.load(&mut load_client, &request).await.unwrap();
         loading2.store(false, std::sync::atomic::Ordering::Release);
@@ -208,4 +208,20 @@ async fn run() {
         pct(&mut cdc, 0.99),
         pct(&mut cdc, 1.0),
     );
+}
+
+/// The loader's defaults, with `LILY_BENCH_MAX_LAG_MIB` if set.
+fn load_config() -> lily_load::LoadConfig {
+    let mut cfg = lily_load::LoadConfig::default();
+    if let Ok(mib) = std::env::var("LILY_BENCH_MAX_LAG_MIB") {
+        let mib: u64 = mib
+            .parse()
+            .expect("LILY_BENCH_MAX_LAG_MIB: a whole number of MiB");
+        cfg.max_replication_lag_bytes = Some(mib << 20);
+    }
+    println!(
+        "loader pacing: slot lag limit {:?} bytes",
+        cfg.max_replication_lag_bytes
+    );
+    cfg
 }

@@ -92,7 +92,7 @@ enum Command {
         writers: u8,
         /// How far (MiB of WAL) an active logical replication slot may fall behind before bulk
         /// chunks wait for it.
-        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1048576))]
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1048576))]
         max_slot_lag_mib: u64,
         /// Never wait for replication slots (their consumers may then lag by the whole load).
         #[arg(long)]

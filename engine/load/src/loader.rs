@@ -139,7 +139,7 @@ impl Default for LoadConfig {
             max_line_bytes: 16 << 20,
             parquet_batch_rows: 8_192,
             bulk_writers: 2,
-            max_replication_lag_bytes: Some(16 << 20),
+            max_replication_lag_bytes: Some(8 << 20),
             replicated_chunk_rows: 10_000,
         }
     }

@@ -876,32 +876,21 @@ async fn assets_need_their_tenant_and_keep_it() {
         .trim_start_matches("meta.assets_p")
         .parse()
         .unwrap();
-    // Rows whose guid belongs to that partition, so only the tenant rule can refuse them.
-    let err = client
-        .execute(
-            &format!(
-                "INSERT INTO {partition} (guid, tenant_id, type_name, qualified_name, name)
-                 SELECT g, 'nobody', 'Table', 'n' || i, 'n' || i
-                 FROM generate_series(1, 500) i, LATERAL meta.asset_guid('nobody', 'n' || i) g
-                 WHERE satisfies_hash_partition('meta.assets'::regclass, 32, $1, g)"
-            ),
-            &[&remainder],
-        )
-        .await
-        .unwrap_err();
+    // Rows of `tenant` whose guid belongs to that partition, so only the tenant rule can refuse
+    // them.
+    let insert_into_partition = |tenant: &'static str| {
+        let sql = format!(
+            "INSERT INTO {partition} (guid, tenant_id, type_name, qualified_name, name)
+             SELECT g, $2, 'Table', 'n' || i, 'n' || i
+             FROM generate_series(1, 500) i, LATERAL meta.asset_guid($2, 'n' || i) g
+             WHERE satisfies_hash_partition('meta.assets'::regclass, 32, $1, g)"
+        );
+        let client = &client;
+        async move { client.execute(&sql, &[&remainder, &tenant]).await }
+    };
+    let err = insert_into_partition("nobody").await.unwrap_err();
     assert_eq!(code(err), "23503", "insert into {partition}");
-    let inserted = client
-        .execute(
-            &format!(
-                "INSERT INTO {partition} (guid, tenant_id, type_name, qualified_name, name)
-                 SELECT g, 't2', 'Table', 'p' || i, 'p' || i
-                 FROM generate_series(1, 500) i, LATERAL meta.asset_guid('t2', 'p' || i) g
-                 WHERE satisfies_hash_partition('meta.assets'::regclass, 32, $1, g)"
-            ),
-            &[&remainder],
-        )
-        .await
-        .unwrap();
+    let inserted = insert_into_partition("t2").await.unwrap();
     assert!(inserted > 0, "rows of a known tenant go into {partition}");
     {
         use futures_util::SinkExt;
