@@ -273,7 +273,7 @@ fn check_lineage(f: Fields<'_>) -> Result<LineageRow<'_>, String> {
     })
 }
 
-/// `^[A-Z][A-Za-z0-9]{0,63}$`, as `assets_type_name_format`.
+/// `^[A-Z][A-Za-z0-9]{0,63}$`, as the `assets_type_name_bytes` check of `meta.assets`.
 fn valid_type_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()

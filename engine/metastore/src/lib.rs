@@ -67,6 +67,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(6, "0006", "load"),
     migration!(7, "0007", "bulk_writes"),
     migration!(8, "0008", "partition_tenant_check"),
+    migration!(9, "0009", "type_name_bytes"),
 ];
 
 /// All migrations, in order (for inspection).

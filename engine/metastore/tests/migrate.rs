@@ -237,6 +237,84 @@ async fn qualified_name_is_unique_per_tenant() {
     assert_eq!(n, 2);
 }
 
+/// The type-name rule (`^[A-Z][A-Za-z0-9]{0,63}$`), checked on bytes since 0009: each candidate
+/// is accepted exactly when the pattern matches it, whatever the session's client encoding.
+#[tokio::test]
+async fn type_names_follow_the_pattern() {
+    let (_pg, client) = migrated("meta").await;
+    client
+        .batch_execute("INSERT INTO meta.tenants (tenant_id, name) VALUES ('t1', 'Tenant one')")
+        .await
+        .unwrap();
+    let mut names: Vec<String> = [
+        "Table",
+        "A",
+        "Z9",
+        "MaterializedView",
+        "PowerBIColumn",
+        "",
+        "table",
+        "9Lives",
+        "Tab le",
+        "Tab;le",
+        "Tab'le",
+        "Tab\"le",
+        "Tab-le",
+        "Tab_le",
+        "Täble",
+        "Ä",
+        "TableÄ",
+        "Table\u{130}",
+        "Tab\u{0}le",
+        "Tab\tle",
+        "Table ",
+        " Table",
+        "@Table",
+        "[Table",
+        "`",
+        "{",
+        "Tab/le",
+        "T\u{1F600}",
+        "Ｔable",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    names.retain(|n| !n.contains('\u{0}')); // not a valid text value in PostgreSQL
+    names.push("A".repeat(64));
+    names.push("A".repeat(65));
+    names.push(format!("{}é", "A".repeat(62)));
+    for encoding in ["UTF8", "LATIN1"] {
+        client
+            .batch_execute(&format!("SET client_encoding = '{encoding}'"))
+            .await
+            .unwrap();
+        for (i, name) in names.iter().enumerate() {
+            let qn = format!("{encoding}/{i}");
+            let expected = client
+                .query_one("SELECT $1::text ~ '^[A-Z][A-Za-z0-9]{0,63}$'", &[name])
+                .await;
+            // A name LATIN1 cannot carry fails in the client encoding, before any check.
+            let Ok(expected) = expected else { continue };
+            let expected: bool = expected.get(0);
+            let inserted = client
+                .execute(
+                    "INSERT INTO meta.assets (guid, tenant_id, type_name, qualified_name, name)
+                     VALUES (meta.asset_guid('t1', $2), 't1', $1, $2, 'n')",
+                    &[name, &qn],
+                )
+                .await;
+            match inserted {
+                Ok(_) => assert!(expected, "{name:?} was accepted ({encoding})"),
+                Err(e) => {
+                    assert!(!expected, "{name:?} was refused ({encoding}): {e}");
+                    assert_eq!(e.code().unwrap().code(), "23514", "{name:?}: {e}");
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn tampered_checksum_is_refused() {
     let (_pg, client) = migrated("meta").await;
