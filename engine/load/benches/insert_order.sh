@@ -15,11 +15,7 @@ run() { # $1: ORDER BY list
     P -c "TRUNCATE meta.assets; CHECKPOINT" >/dev/null
     {
         echo '\timing on'
-        for ((s = 0; s < ROWS; s += 50000)); do
-            echo "INSERT INTO meta.assets (guid, parent_guid, tenant_id, type_name, status, name, qualified_name, attributes)
-                  SELECT guid, parent_guid, 'bench', type_name, status, name, qualified_name, attributes
-                  FROM (SELECT * FROM stage WHERE n > $s AND n <= $s + 50000 ORDER BY $1) s;"
-        done
+        insert_statements 50000 "$1"
     } | P | awk -v rows="$ROWS" -v order="$1" \
         '/Time:/ { t += $2 } END { printf "%-28s %.2f us/row (%.0f rows/s)\n", order, t * 1000 / rows, rows / (t / 1000) }'
 }

@@ -18,11 +18,7 @@ run() { # $1 label, $2 setup SQL, $3 undo SQL, $4 rows per statement, $5 session
         echo '\setenv BPID :pid'
         echo "\\! awk '{ print \"cpu0\", \$14 + \$15 }' /proc/\$BPID/stat"
         echo 'SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset'
-        for ((s = 0; s < ROWS; s += $4)); do
-            echo "INSERT INTO meta.assets (guid, parent_guid, tenant_id, type_name, status, name, qualified_name, attributes)
-                  SELECT guid, parent_guid, 'bench', type_name, status, name, qualified_name, attributes
-                  FROM (SELECT * FROM stage WHERE n > $s AND n <= $s + $4 ORDER BY part, guid) s;"
-        done
+        insert_statements "$4" "part, guid"
         echo "SELECT 'wall', extract(epoch FROM clock_timestamp()) - :t0;"
         echo "\\! awk '{ print \"cpu1\", \$14 + \$15 }' /proc/\$BPID/stat"
     } | P | awk -v rows="$ROWS" -v label="$1" '

@@ -2,7 +2,7 @@
 # settings, migrated, holding `stage`: ROWS of the benchmark's column rows (100 columns a table,
 # the same names and attributes), `n` their order in the file and `part` the hash partition of
 # meta.assets each guid lands in, as the server computes it. Defines P (psql to it), DIR (its
-# directory, removed on exit) and ROWS.
+# directory, removed on exit), ROWS, and insert_statements.
 
 ROWS=${ROWS:-2000000}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -56,3 +56,14 @@ FROM meta.assets a WHERE a.guid = s.guid;
 CREATE INDEX ON stage (n);
 VACUUM ANALYZE stage;
 SQL
+
+# The bulk lane's INSERT of every staged row into meta.assets, $1 rows a statement, each
+# statement's rows in the order $2 (an ORDER BY list over stage's columns).
+insert_statements() {
+    local s
+    for ((s = 0; s < ROWS; s += $1)); do
+        echo "INSERT INTO meta.assets (guid, parent_guid, tenant_id, type_name, status, name, qualified_name, attributes)
+              SELECT guid, parent_guid, 'bench', type_name, status, name, qualified_name, attributes
+              FROM (SELECT * FROM stage WHERE n > $s AND n <= $s + $1 ORDER BY $2) s;"
+    done
+}
