@@ -265,7 +265,6 @@ async fn type_names_follow_the_pattern() {
         "Ä",
         "TableÄ",
         "Table\u{130}",
-        "Tab\u{0}le",
         "Tab\tle",
         "Table ",
         " Table",
@@ -280,7 +279,6 @@ async fn type_names_follow_the_pattern() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    names.retain(|n| !n.contains('\u{0}')); // not a valid text value in PostgreSQL
     names.push("A".repeat(64));
     names.push("A".repeat(65));
     names.push(format!("{}é", "A".repeat(62)));
