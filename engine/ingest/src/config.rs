@@ -33,6 +33,10 @@ pub struct IngestConfig {
     /// body goes to disk, not memory.
     #[serde(default = "default_max_load")]
     pub max_load_bytes: u64,
+    /// Seconds an upload may send nothing before it is dropped with 408, freeing its place in
+    /// the queue.
+    #[serde(default = "default_upload_idle")]
+    pub load_upload_idle_secs: u64,
     /// Bulk loads running at once, each on a connection of its own (outside `pool_size`).
     #[serde(default = "default_concurrent_loads")]
     pub max_concurrent_loads: usize,
@@ -52,6 +56,10 @@ fn default_pool() -> usize {
 
 fn default_max_load() -> u64 {
     16 << 30
+}
+
+fn default_upload_idle() -> u64 {
+    60
 }
 
 fn default_concurrent_loads() -> usize {
@@ -74,6 +82,9 @@ impl IngestConfig {
         if self.max_load_bytes < 1024 || self.max_load_bytes > 1 << 40 {
             return Err("ingest.max_load_bytes must be between 1024 and 1 TiB".into());
         }
+        if self.load_upload_idle_secs == 0 || self.load_upload_idle_secs > 3600 {
+            return Err("ingest.load_upload_idle_secs must be between 1 and 3600".into());
+        }
         if self.max_concurrent_loads == 0 || self.max_concurrent_loads > 32 {
             return Err("ingest.max_concurrent_loads must be between 1 and 32".into());
         }
@@ -95,6 +106,7 @@ impl IngestConfig {
         let dir = self.load_spool_dir.as_ref()?;
         let mut settings = crate::LoadsSettings::new(dir);
         settings.max_load_bytes = self.max_load_bytes;
+        settings.upload_idle = std::time::Duration::from_secs(self.load_upload_idle_secs);
         settings.max_concurrent = self.max_concurrent_loads;
         settings.max_queued = self.max_queued_loads;
         Some(settings)
@@ -111,7 +123,7 @@ mod tests {
         cfg.validate().unwrap();
         assert!(cfg.loads().is_none());
         let cfg: IngestConfig = toml::from_str(
-            "load_spool_dir = \"/var/spool/lily\"\nmax_load_bytes = 1048576\nmax_concurrent_loads = 2\nmax_queued_loads = 4",
+            "load_spool_dir = \"/var/spool/lily\"\nmax_load_bytes = 1048576\nmax_concurrent_loads = 2\nmax_queued_loads = 4\nload_upload_idle_secs = 5",
         )
         .unwrap();
         cfg.validate().unwrap();
@@ -121,11 +133,14 @@ mod tests {
             (loads.max_load_bytes, loads.max_concurrent, loads.max_queued),
             (1 << 20, 2, 4)
         );
+        assert_eq!(loads.upload_idle, std::time::Duration::from_secs(5));
         for bad in [
             "max_load_bytes = 10",
             "max_concurrent_loads = 0",
             "max_concurrent_loads = 33",
             "max_queued_loads = 0",
+            "load_upload_idle_secs = 0",
+            "load_upload_idle_secs = 3601",
             "load_spool_dir = \"\"",
         ] {
             let cfg: IngestConfig = toml::from_str(bad).unwrap();
@@ -138,5 +153,6 @@ mod tests {
             (loads.max_load_bytes, loads.max_concurrent, loads.max_queued),
             (16 << 30, 1, 16)
         );
+        assert_eq!(loads.upload_idle, std::time::Duration::from_secs(60));
     }
 }

@@ -89,6 +89,7 @@ impl ApiError {
                 LoadsError::Empty => StatusCode::UNPROCESSABLE_ENTITY,
                 LoadsError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
                 LoadsError::Body(_) => StatusCode::BAD_REQUEST,
+                LoadsError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
                 LoadsError::ShuttingDown | LoadsError::Spool(_) | LoadsError::Inspect(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -132,6 +133,7 @@ impl IntoResponse for ApiError {
                 LoadsError::Empty => ("unprocessable", e.to_string()),
                 LoadsError::Busy(_) => ("busy", e.to_string()),
                 LoadsError::Body(_) => ("bad_request", e.to_string()),
+                LoadsError::Idle(_) => ("timeout", e.to_string()),
                 LoadsError::ShuttingDown => ("unavailable", e.to_string()),
                 LoadsError::Spool(_) | LoadsError::Inspect(_) => {
                     tracing::error!(error = %e, "could not spool a load");

@@ -47,6 +47,9 @@ pub enum LoadsError {
     ShuttingDown,
     #[error("reading the request body: {0}")]
     Body(String),
+    /// The client stopped sending: its place in the queue goes to someone else.
+    #[error("no upload data arrived for {} s; the partial upload was dropped: send the file again", .0.as_secs())]
+    Idle(Duration),
     /// The spool directory failed (disk full, permissions): the server's problem.
     #[error("spooling the upload: {0}")]
     Spool(#[from] std::io::Error),
@@ -62,6 +65,9 @@ pub struct LoadsSettings {
     pub spool_dir: PathBuf,
     /// Largest upload (413 beyond).
     pub max_load_bytes: u64,
+    /// An upload that sends nothing for this long is dropped (408), so a stalled client cannot
+    /// hold a queue place.
+    pub upload_idle: Duration,
     /// Loads running at once, each on its own connection.
     pub max_concurrent: usize,
     /// Accepted loads (uploading or waiting for a run slot) beyond which uploads get 429.
@@ -79,6 +85,7 @@ impl LoadsSettings {
         LoadsSettings {
             spool_dir: spool_dir.into(),
             max_load_bytes: 16 << 30,
+            upload_idle: Duration::from_secs(60),
             max_concurrent: 1,
             max_queued: 16,
             retries: 5,
@@ -270,7 +277,8 @@ impl Loads {
 
         let dir = &inner.settings.spool_dir;
         let upload = Removal::new(dir.join(format!("upload-{request_id}.{PART_EXT}")));
-        let bytes = spool_body(upload.path(), body, limit).await?;
+        let idle = inner.settings.upload_idle;
+        let bytes = spool_body(upload.path(), body, limit, idle).await?;
         if bytes == 0 {
             return Err(LoadsError::Empty);
         }
@@ -600,8 +608,14 @@ impl Drop for Removal {
     }
 }
 
-/// Streams the body into a new file, at most `limit` bytes, and fsyncs it.
-async fn spool_body(path: &Path, mut body: Body, limit: u64) -> Result<u64, LoadsError> {
+/// Streams the body into a new file, at most `limit` bytes, and fsyncs it. Fails if no frame
+/// arrives for `idle`.
+async fn spool_body(
+    path: &Path,
+    mut body: Body,
+    limit: u64,
+    idle: Duration,
+) -> Result<u64, LoadsError> {
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -609,7 +623,14 @@ async fn spool_body(path: &Path, mut body: Body, limit: u64) -> Result<u64, Load
     let file = options.open(path).await?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut n = 0u64;
-    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+        let Some(frame) = tokio::time::timeout(idle, next)
+            .await
+            .map_err(|_| LoadsError::Idle(idle))?
+        else {
+            break;
+        };
         let frame = frame.map_err(|e| LoadsError::Body(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers

@@ -605,6 +605,35 @@ async fn uploads_are_authorized_typed_and_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_dropped_and_frees_its_place() {
+    let s = start(
+        |l| {
+            l.max_queued = 1;
+            l.upload_idle = Duration::from_secs(1);
+        },
+        |_| {},
+    )
+    .await;
+    let body = ndjson(&estate("snow", 1));
+    // The client sends a first piece and then nothing, holding the only queue place.
+    let started = std::time::Instant::now();
+    let mut stalled = chunked_upload(&s, "acme_load", "acme", &[body[..100].to_vec()], false).await;
+    let status = tokio::time::timeout(Duration::from_secs(30), response_status(&mut stalled))
+        .await
+        .expect("a stalled upload is answered");
+    assert_eq!(status, 408);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // Its partial file is gone, nothing was loaded, and the place is free for the next upload.
+    s.spool_drains().await;
+    assert_eq!(s.count("SELECT count(*) FROM lily.load_jobs").await, 0);
+    assert_eq!(s.count("SELECT count(*) FROM meta.assets").await, 0);
+    let job = s
+        .upload_and_wait("acme_load", "acme", "application/x-ndjson", body)
+        .await;
+    assert_eq!(job["status"], "done", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spooled_files_of_a_previous_process_resume_on_start() {
     let rows = ndjson(&estate("old", 3));
     let mut job_id = String::new();
