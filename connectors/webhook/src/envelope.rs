@@ -34,42 +34,10 @@ pub(crate) fn encode(event_type: &str, record: &Record) -> Result<Vec<u8>, Strin
 /// `micros` since the Unix epoch as RFC 3339 UTC with six fractional digits
 /// (`2023-11-14T22:13:20.000001Z`); `None` outside years 0000-9999.
 fn rfc3339_micros(micros: i64) -> Option<String> {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let second_of_day = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    if !(0..=9999).contains(&year) {
-        return None;
-    }
-    Some(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        second_of_day / 3600,
-        second_of_day % 3600 / 60,
-        second_of_day % 60
-    ))
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01, after Howard
-/// Hinnant's `civil_from_days`: shift to 0000-03-01 so the leap day ends the year, then split
-/// into 400-year eras of 146097 days. Written out here rather than pulling in a date crate for
-/// one formatting call.
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_from_march = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 {
-        month_from_march + 3
-    } else {
-        month_from_march - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_micros(micros)?;
+    (0..=9999)
+        .contains(&chrono::Datelike::year(&t))
+        .then(|| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
 }
 
 #[cfg(test)]
