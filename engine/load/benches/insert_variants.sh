@@ -6,6 +6,8 @@
 #
 #   ROWS=4000000 bash engine/load/benches/insert_variants.sh          # about 7 minutes
 #   VARIANTS="text_check bytes_check" bash engine/load/benches/insert_variants.sh
+#   ROWS=4000000 VARIANTS="bytes_check children_nodedup children_hash no_children bytes_check
+#       children_nodedup children_hash no_children" bash engine/load/benches/insert_variants.sh
 set -euo pipefail
 source "$(dirname "$0")/throwaway_cluster.sh"
 P -c "ALTER TABLE stage SET (autovacuum_enabled = off)" >/dev/null
@@ -36,6 +38,7 @@ BYTES_CHECK="ALTER TABLE meta.assets DROP CONSTRAINT assets_type_name_text;
 PARTIAL="DROP INDEX meta.assets_type_idx;
     CREATE INDEX assets_type_idx ON meta.assets (tenant_id, type_name) WHERE type_name <> 'Column'"
 FULL="DROP INDEX meta.assets_type_idx; CREATE INDEX assets_type_idx ON meta.assets (tenant_id, type_name)"
+CHILDREN="DROP INDEX IF EXISTS meta.assets_children_idx; CREATE INDEX assets_children_idx ON meta.assets (parent_guid)"
 echo "$ROWS rows, one backend, rows grouped by partition"
 for v in ${VARIANTS:-bytes_check text_check work_mem chunk_200k partial_type bytes_check text_check work_mem chunk_200k partial_type}; do
     case $v in
@@ -44,6 +47,11 @@ for v in ${VARIANTS:-bytes_check text_check work_mem chunk_200k partial_type byt
         work_mem) run "$v" "SELECT 1" "SELECT 1" 50000 "SET work_mem = '64MB';" ;;
         chunk_200k) run "$v" "SELECT 1" "SELECT 1" 200000 "" ;;
         partial_type) run "$v" "$PARTIAL" "$FULL" 50000 "" ;;                # type index without columns
+        children_nodedup) run "$v" "DROP INDEX meta.assets_children_idx;
+            CREATE INDEX assets_children_idx ON meta.assets (parent_guid) WITH (deduplicate_items = off)" "$CHILDREN" 50000 "" ;;
+        children_hash) run "$v" "DROP INDEX meta.assets_children_idx;
+            CREATE INDEX assets_children_idx ON meta.assets USING hash (parent_guid)" "$CHILDREN" 50000 "" ;;
+        no_children) run "$v" "DROP INDEX meta.assets_children_idx" "$CHILDREN" 50000 "" ;;  # its whole cost
         *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
 done

@@ -9,7 +9,9 @@
 //! LILY_LOAD_ROWS (default 10,000,000) is the number of column rows; LILY_LOAD_RUNS (default 3)
 //! the number of fresh loads (tables truncated before each); LILY_LOAD_WRITERS (default
 //! [`LoadConfig::bulk_writers`]) the bulk lane's connections; LILY_LOAD_SHARED_BUFFERS (default
-//! 1GB) the server's buffer pool. A last run loads the same file again
+//! 1GB) the server's buffer pool; LILY_LOAD_SETUP_SQL, a file of SQL run once after migrating
+//! (a schema variant measured with the same build; absolute path, as `cargo bench` runs in
+//! `engine/load`; examples in `benches/variants/`). A last run loads the same file again
 //! over the loaded tables (every row unchanged: the no-op upsert path).
 //! The 10M file is about 3.2 GB and the loaded table about 4.5 GB plus WAL: check `df` first.
 
@@ -140,6 +142,14 @@ async fn bench() {
     pg.create_database("lily").await.expect("database");
     let mut client = pg.connect("lily").await.expect("connect");
     lily_metastore::migrate(&client).await.expect("migrate");
+    if let Ok(file) = std::env::var("LILY_LOAD_SETUP_SQL") {
+        let sql = std::fs::read_to_string(&file).expect("reading LILY_LOAD_SETUP_SQL");
+        client
+            .batch_execute(&sql)
+            .await
+            .expect("LILY_LOAD_SETUP_SQL");
+        println!("setup SQL: {file}");
+    }
     client
         .batch_execute("INSERT INTO meta.tenants (tenant_id, name) VALUES ('bench', 'bench')")
         .await
