@@ -15,7 +15,12 @@ for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
         setup=()
         [ "$v" = baseline ] || setup=(LILY_LOAD_SETUP_SQL="$ROOT/engine/load/benches/variants/$v.sql")
         printf 'round %s %-28s ' "$round" "$v"
-        env "${setup[@]}" LILY_LOAD_ROWS="${LILY_LOAD_ROWS:-10000000}" LILY_LOAD_RUNS=1 \
-            cargo bench -p lily-load --bench load 2>/dev/null | grep 'run 1/1' | grep -o 'bulk [0-9]* rows in [0-9.]*s = [0-9]* rows/s'
+        # A failed run (a bad variant file, no disk) is shown, not swallowed.
+        if ! out=$(env "${setup[@]}" LILY_LOAD_ROWS="${LILY_LOAD_ROWS:-10000000}" LILY_LOAD_RUNS=1 RUST_BACKTRACE=0 \
+            cargo bench -p lily-load --bench load 2>&1); then
+            printf 'failed:\n%s\n' "$(tail -n 15 <<<"$out")"
+            exit 1
+        fi
+        grep 'run 1/1' <<<"$out" | grep -o 'bulk [0-9]* rows in [0-9.]*s = [0-9]* rows/s'
     done
 done
