@@ -427,3 +427,7 @@ fn same_shape(schema: &TableSchema, r: &lily_pgoutput::Relation) -> bool {
                 && a.is_key == b.is_key
         })
 }
+
+#[cfg(test)]
+#[path = "assemble_tests.rs"]
+mod tests;
