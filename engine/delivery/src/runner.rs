@@ -282,3 +282,7 @@ fn now_us() -> i64 {
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

@@ -96,13 +96,11 @@ impl DeliverySettings {
     /// The computed wait before attempt `attempt + 1` (attempt counts from 1): exponential,
     /// capped, with full jitter so a burst of failures does not retry in lockstep.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(30);
-        let ceiling = self
-            .initial_backoff_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.max_backoff_ms);
-        let jittered = rand::random_range(ceiling / 2..=ceiling);
-        Duration::from_millis(jittered.max(1))
+        lily_runtime::Backoff::wait_after(
+            Duration::from_millis(self.initial_backoff_ms),
+            Duration::from_millis(self.max_backoff_ms),
+            attempt,
+        )
     }
 }
 
@@ -117,14 +115,20 @@ mod tests {
             max_backoff_ms: 1000,
             ..Default::default()
         };
-        for _ in 0..50 {
-            let b1 = s.backoff(1).as_millis();
-            assert!((50..=100).contains(&b1), "{b1}");
-            let b3 = s.backoff(3).as_millis();
-            assert!((200..=400).contains(&b3), "{b3}");
-            let b20 = s.backoff(20).as_millis();
-            assert!((500..=1000).contains(&b20), "{b20}");
+        // Full jitter: anywhere from 1 ms up to the doubling, capped window.
+        let (mut high3, mut high20) = (0, 0);
+        for _ in 0..200 {
+            let b1 = s.backoff(1).as_micros();
+            assert!((1_000..=100_000).contains(&b1), "{b1}");
+            let b3 = s.backoff(3).as_micros();
+            assert!((1_000..=400_000).contains(&b3), "{b3}");
+            high3 += usize::from(b3 > 200_000);
+            let b20 = s.backoff(20).as_micros();
+            assert!((1_000..=1_000_000).contains(&b20), "{b20}");
+            high20 += usize::from(b20 > 500_000);
         }
+        // The window really grows: the third attempt's draws reach above the second's ceiling.
+        assert!(high3 > 20 && high20 > 20, "{high3} {high20}");
     }
 
     #[test]
