@@ -50,6 +50,11 @@ pub enum Response {
     Status429 { retry_after_secs: u64 },
     /// 503 with this `Retry-After`.
     Status503 { retry_after: RetryAfter },
+    /// This status with this `Retry-After` (a 408, a 429 with an HTTP-date, …).
+    StatusRetryAfter {
+        status: u16,
+        retry_after: RetryAfter,
+    },
     /// Wait this long, then answer 200: a receiver slower than the sender's timeout. Like a
     /// real slow consumer, it has processed the event even if the sender gave up, so it is
     /// recorded as accepted when it arrives; a retry then shows up in
@@ -387,18 +392,29 @@ fn scripted(next: Option<Response>, base_url: &str) -> (u16, HttpResponse, Optio
             (429, answer, None)
         }
         Some(Response::Status503 { retry_after }) => {
-            let mut answer = plain(503, "down for maintenance");
-            let value = match retry_after {
-                RetryAfter::Seconds(s) => s.to_string(),
-                RetryAfter::Date(at) => httpdate::fmt_http_date(at),
-                RetryAfter::Raw(text) => text,
-            };
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                answer.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+            let answer = with_retry_after(plain(503, "down for maintenance"), retry_after);
             (503, answer, None)
         }
+        Some(Response::StatusRetryAfter {
+            status,
+            retry_after,
+        }) => {
+            let answer = plain(status, &format!("fake receiver: scripted {status}"));
+            (status, with_retry_after(answer, retry_after), None)
+        }
     }
+}
+
+fn with_retry_after(mut answer: HttpResponse, retry_after: RetryAfter) -> HttpResponse {
+    let value = match retry_after {
+        RetryAfter::Seconds(s) => s.to_string(),
+        RetryAfter::Date(at) => httpdate::fmt_http_date(at),
+        RetryAfter::Raw(text) => text,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        answer.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    answer
 }
 
 #[cfg(test)]
