@@ -1,14 +1,14 @@
 //! Monte Carlo webhooks: x-mcd-signature verification and incident payloads as change rows.
 //!
-//! An inbound call goes through three steps, each its own function so the server decides what
-//! to answer at each:
+//! [`MonteCarloHook`], built from a tenant's [`MonteCarloHookConfig`], is the ingest server's
+//! [`lily_inbound::InboundHook`] for Monte Carlo. A delivery goes through three steps:
 //!
 //! 1. [`signature::authenticate`] (or [`signature::verify`]) checks `x-mcd-signature`, an
 //!    HMAC-SHA512 that Monte Carlo computes over a Python rendering of the body rather than
 //!    the body itself;
 //! 2. [`payload::events_batch`] turns the body into the `events` batch, one row per event and
 //!    table it names;
-//! 3. `sql/ingest/monte_carlo_incidents.sql`, run by the SQL stage, maps those rows to
+//! 3. `sql/monte_carlo_incidents.sql` (this crate's), run by the SQL stage, maps those rows to
 //!    `meta.incidents`.
 //!
 //! ```
@@ -24,6 +24,8 @@
 //!
 //! With the `fake` feature, [`fake`] builds Monte Carlo deliveries for tests.
 
+mod config;
+mod inbound;
 mod nonprintable;
 pub mod payload;
 mod pyform;
@@ -32,5 +34,6 @@ pub mod signature;
 #[cfg(feature = "fake")]
 pub mod fake;
 
-pub use payload::{events_batch, events_schema, Mcon, PayloadError, TableRef};
+pub use config::{ConfigError, MonteCarloHook, MonteCarloHookConfig};
+pub use payload::{Mcon, PayloadError, TableRef};
 pub use signature::{authenticate, verify, Authenticity, SignatureError};

@@ -1,5 +1,5 @@
 //! Monte Carlo notification bodies as an Arrow batch named `events`: one row per event of
-//! `payload.event_list` and table it names, for `sql/ingest/monte_carlo_incidents.sql`.
+//! `payload.event_list` and table it names, for `sql/monte_carlo_incidents.sql`.
 //!
 //! Two shapes arrive (both from secondary sources, see the reference notes):
 //! - the legacy incident: `{"account": {"id"}, "action": "incident", "type":
@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::builder::{StringBuilder, UInt32Builder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use serde_json::{Map, Value};
+use lily_inbound::json::{self, JsonError, Obj};
 
 /// The name SQL uses for the batch.
 pub const TABLE: &str = "events";
@@ -26,15 +26,9 @@ pub const TABLE: &str = "events";
 /// server answers 4xx (Monte Carlo's retries, if any, would not help).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
-    #[error("the body is not JSON: {0}")]
-    Json(String),
-    #[error("`{0}` is missing")]
-    Missing(String),
-    #[error("`{field}` must be {expected}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-    },
+    /// Not JSON, or a field the rows need is missing or of the wrong type (named in full).
+    #[error(transparent)]
+    Json(#[from] JsonError),
     /// Building the batch failed: a bug here, not a bad body.
     #[error("cannot build the events batch: {0}")]
     Arrow(String),
@@ -50,7 +44,7 @@ impl PayloadError {
     pub fn http_status(&self) -> u16 {
         match self {
             PayloadError::Arrow(_) => 500,
-            _ => 400,
+            PayloadError::Json(_) => 400,
         }
     }
 }
@@ -180,20 +174,19 @@ pub fn events_schema() -> SchemaRef {
 
 /// Parses a notification body into the `events` batch (see [`events_schema`]).
 pub fn events_batch(body: &[u8]) -> Result<RecordBatch, PayloadError> {
-    let root: Value =
-        serde_json::from_slice(body).map_err(|e| PayloadError::Json(e.to_string()))?;
+    let root = json::parse(body)?;
     let root = Obj::root(&root)?;
-    let account_id = root.req_obj("account")?.req_str("id")?;
-    let action = root.req_str("action")?;
-    let event_type = root.opt_str("type")?.unwrap_or_else(|| action.clone());
+    let account_id = root.req_obj("account")?.req_text("id")?;
+    let action = root.req_text("action")?;
+    let event_type = root.opt_text("type")?.unwrap_or_else(|| action.clone());
     let payload = root.req_obj("payload")?;
     let incident_id = ["incident_id", "alert_id", "id"]
         .iter()
-        .find_map(|key| payload.opt_str(key).transpose())
+        .find_map(|key| payload.opt_text(key).transpose())
         .transpose()?
-        .ok_or_else(|| PayloadError::Missing("payload.incident_id (or payload.alert_id)".into()))?;
-    let url = payload.opt_str("url")?;
-    let group_id = payload.opt_str("group_id")?;
+        .ok_or_else(|| JsonError::Missing("payload.incident_id (or payload.alert_id)".into()))?;
+    let url = payload.opt_text("url")?;
+    let group_id = payload.opt_text("group_id")?;
     let events = payload.req_array("event_list")?;
 
     let mut rows = Rows::default();
@@ -201,29 +194,29 @@ pub fn events_batch(body: &[u8]) -> Result<RecordBatch, PayloadError> {
         let event = Obj::at(event, format!("{}[{index}]", payload.child("event_list")))?;
         // Alert state may sit on the event or on the payload; the event's wins.
         let alert_field = |key: &str| -> Result<Option<String>, PayloadError> {
-            Ok(match event.opt_str(key)? {
+            Ok(match event.opt_text(key)? {
                 Some(v) => Some(v),
-                None => payload.opt_str(key)?,
+                None => payload.opt_text(key)?,
             })
         };
         let severity = alert_field("declared_alert_severity")?;
         let owner = alert_field("owner")?;
         let status = alert_field("alert_feedback")?
             .unwrap_or_else(|| derived_status(&event_type).to_string());
-        let table_name = event.opt_str("table_name")?;
+        let table_name = event.opt_text("table_name")?;
         let rule = event.opt_obj("rule")?;
         let data = event.opt_obj("data")?;
         let metric_display_name = match &data {
-            Some(d) => d.opt_str("metric_display_name")?,
+            Some(d) => d.opt_text("metric_display_name")?,
             None => None,
         };
         let data_comparisons = match &data {
             Some(d) => d.opt_array("rule_comparisons")?.unwrap_or_default(),
             None => &[],
         };
-        let event_mcon = match event.opt_str("mcon")? {
+        let event_mcon = match event.opt_text("mcon")? {
             Some(m) => Some(m),
-            None => event.opt_str("table_mcon")?,
+            None => event.opt_text("table_mcon")?,
         };
 
         // The tables this event is about, each with the comparison that named it.
@@ -232,8 +225,8 @@ pub fn events_batch(body: &[u8]) -> Result<RecordBatch, PayloadError> {
             let comparisons = rule.opt_array("comparisons")?.unwrap_or_default();
             for (j, comparison) in comparisons.iter().enumerate() {
                 let c = Obj::at(comparison, format!("{}[{j}]", rule.child("comparisons")))?;
-                let mcon = c.opt_str("mcon")?;
-                let id = match c.opt_str("full_table_id")? {
+                let mcon = c.opt_text("mcon")?;
+                let id = match c.opt_text("full_table_id")? {
                     Some(id) => Some(id),
                     None => mcon
                         .as_deref()
@@ -256,15 +249,15 @@ pub fn events_batch(body: &[u8]) -> Result<RecordBatch, PayloadError> {
                     Table {
                         full_table_id: Some(id),
                         mcon,
-                        metric: c.opt_str("metric")?,
-                        operator: c.opt_str("operator")?,
+                        metric: c.opt_text("metric")?,
+                        operator: c.opt_text("operator")?,
                         threshold,
                     },
                 );
             }
         }
         let other_ids = [
-            event.opt_str("full_table_id")?,
+            event.opt_text("full_table_id")?,
             event_mcon
                 .as_deref()
                 .and_then(Mcon::parse)
@@ -286,7 +279,7 @@ pub fn events_batch(body: &[u8]) -> Result<RecordBatch, PayloadError> {
             tables.push(Table::default());
         }
 
-        let payload_json = serde_json::to_string(event.map)
+        let payload_json = serde_json::to_string(event.map())
             .map_err(|e| PayloadError::Arrow(format!("re-serialising the event failed: {e}")))?;
         for table in tables {
             let parts = table.full_table_id.as_deref().and_then(TableRef::parse);
@@ -319,7 +312,7 @@ pub fn events_batch(body: &[u8]) -> Result<RecordBatch, PayloadError> {
                 .append_option(table.mcon.as_deref().or(event_mcon.as_deref()));
             let rule_field = |key: &str| -> Result<Option<String>, PayloadError> {
                 match &rule {
-                    Some(r) => r.opt_str(key),
+                    Some(r) => Ok(r.opt_text(key)?),
                     None => Ok(None),
                 }
             };
@@ -376,7 +369,7 @@ fn derived_status(event_type: &str) -> &'static str {
 
 /// A threshold in either form: `49.0` (number, as JSON prints it) or `"49.0"`.
 fn threshold(comparison: &Obj<'_>) -> Result<Option<String>, PayloadError> {
-    comparison.opt_str("threshold")
+    Ok(comparison.opt_text("threshold")?)
 }
 
 #[derive(Default)]
@@ -395,96 +388,6 @@ fn push_table(tables: &mut Vec<Table>, table: Table) {
         .any(|t| t.full_table_id == table.full_table_id)
     {
         tables.push(table);
-    }
-}
-
-/// A JSON object with its path, so errors name the field in full.
-struct Obj<'a> {
-    map: &'a Map<String, Value>,
-    path: String,
-}
-
-impl<'a> Obj<'a> {
-    fn root(value: &'a Value) -> Result<Obj<'a>, PayloadError> {
-        match value {
-            Value::Object(map) => Ok(Obj {
-                map,
-                path: String::new(),
-            }),
-            _ => Err(PayloadError::WrongType {
-                field: "(the body)".into(),
-                expected: "a JSON object",
-            }),
-        }
-    }
-
-    fn at(value: &'a Value, path: String) -> Result<Obj<'a>, PayloadError> {
-        match value {
-            Value::Object(map) => Ok(Obj { map, path }),
-            _ => Err(PayloadError::WrongType {
-                field: path,
-                expected: "an object",
-            }),
-        }
-    }
-
-    fn child(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    /// Present and not null.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    /// A string; numbers and booleans are taken as their JSON text (ids are sometimes
-    /// numbers, and a threshold is either). Missing and null are `None`.
-    fn opt_str(&self, key: &str) -> Result<Option<String>, PayloadError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
-            Some(_) => Err(PayloadError::WrongType {
-                field: self.child(key),
-                expected: "a string",
-            }),
-        }
-    }
-
-    fn req_str(&self, key: &str) -> Result<String, PayloadError> {
-        self.opt_str(key)?
-            .ok_or_else(|| PayloadError::Missing(self.child(key)))
-    }
-
-    fn opt_obj(&self, key: &str) -> Result<Option<Obj<'a>>, PayloadError> {
-        self.get(key)
-            .map(|v| Obj::at(v, self.child(key)))
-            .transpose()
-    }
-
-    fn req_obj(&self, key: &str) -> Result<Obj<'a>, PayloadError> {
-        self.opt_obj(key)?
-            .ok_or_else(|| PayloadError::Missing(self.child(key)))
-    }
-
-    fn opt_array(&self, key: &str) -> Result<Option<&'a [Value]>, PayloadError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => Ok(Some(items)),
-            Some(_) => Err(PayloadError::WrongType {
-                field: self.child(key),
-                expected: "an array",
-            }),
-        }
-    }
-
-    fn req_array(&self, key: &str) -> Result<&'a [Value], PayloadError> {
-        self.opt_array(key)?
-            .ok_or_else(|| PayloadError::Missing(self.child(key)))
     }
 }
 
@@ -554,6 +457,7 @@ mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
     use arrow_array::Array;
+    use serde_json::Value;
 
     fn column(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
         let col = batch.column_by_name(name).unwrap().as_string::<i32>();
@@ -645,7 +549,10 @@ mod tests {
             assert_eq!(err.http_status(), 400);
             assert!(!err.retryable());
         }
-        assert!(matches!(events_batch(b"{nope"), Err(PayloadError::Json(_))));
+        assert!(matches!(
+            events_batch(b"{nope"),
+            Err(PayloadError::Json(JsonError::Syntax(_)))
+        ));
     }
 
     #[test]

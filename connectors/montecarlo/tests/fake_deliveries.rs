@@ -8,7 +8,8 @@ use arrow_array::Array;
 use lily_montecarlo::fake::{
     Alert, AlertEvent, FakeMonteCarlo, Incident, IncidentEvent, Notification, Signing, Threshold,
 };
-use lily_montecarlo::{authenticate, events_batch, events_schema, Authenticity, SignatureError};
+use lily_montecarlo::payload::{events_batch, events_schema};
+use lily_montecarlo::{authenticate, Authenticity, SignatureError};
 use lily_transform::{SourceTable, Transform};
 
 const SECRET: &[u8] = b"mc-webhook-secret";
@@ -106,8 +107,7 @@ fn null_table_name_and_group_id_and_both_threshold_forms_parse() {
 #[tokio::test]
 async fn duplicates_and_reordering_through_the_sql() {
     let sql =
-        std::fs::read_to_string(manifest_dir().join("../../sql/ingest/monte_carlo_incidents.sql"))
-            .unwrap();
+        std::fs::read_to_string(manifest_dir().join("sql/monte_carlo_incidents.sql")).unwrap();
     let sources = [SourceTable {
         name: "events".into(),
         schema: events_schema(),

@@ -1,10 +1,10 @@
-//! `sql/ingest/monte_carlo_incidents.sql` run by the SQL stage on batches from real-shaped
+//! `sql/monte_carlo_incidents.sql` run by the SQL stage on batches from real-shaped
 //! Monte Carlo bodies.
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use lily_montecarlo::{events_batch, events_schema};
+use lily_montecarlo::payload::{events_batch, events_schema};
 use lily_transform::{SourceTable, Transform};
 
 /// Read when the test runs: a build directory shared between checkouts may hold a binary
@@ -13,7 +13,7 @@ fn sql_path() -> std::path::PathBuf {
     std::path::PathBuf::from(
         std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
     )
-    .join("../../sql/ingest/monte_carlo_incidents.sql")
+    .join("sql/monte_carlo_incidents.sql")
 }
 
 async fn transform() -> Transform {

@@ -21,7 +21,7 @@ fn default_header() -> String {
 /// secret_env = "LILY_OKTA_HOOK_SECRET"
 /// header = "authorization"    # the default
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OktaHookConfig {
     /// The tenant whose directory (meta.principals, meta.group_members) this hook keeps

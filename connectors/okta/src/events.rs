@@ -1,5 +1,5 @@
 //! Okta event hook deliveries as an Arrow batch named `events`: one row per System Log event
-//! and target, for `sql/ingest/okta_directory.sql`.
+//! and target, for `sql/okta_directory.sql`.
 //!
 //! The envelope is `{"eventType": "com.okta.event_hook", …, "data": {"events": [LogEvent…]}}`.
 //! Each LogEvent has `uuid`, `published`, `eventType`, `actor`, `target[]` and `outcome`; only
@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use serde_json::{Map, Value};
+use lily_inbound::json::{self, Obj};
 
 use crate::hook::OktaError;
 use crate::time::parse_rfc3339;
@@ -61,7 +61,7 @@ pub fn events_schema() -> SchemaRef {
 /// Parses one delivery's body into the `events` batch (see [`events_schema`]). An envelope with
 /// no events gives an empty batch.
 pub fn events_batch(body: &[u8]) -> Result<RecordBatch, OktaError> {
-    let root: Value = serde_json::from_slice(body).map_err(|e| OktaError::Json(e.to_string()))?;
+    let root = json::parse(body)?;
     let root = Obj::root(&root)?;
     let kind = root.req_str("eventType")?;
     if kind != EVENT_HOOK_TYPE {
@@ -152,92 +152,6 @@ struct Target {
     display_name: Option<String>,
 }
 
-/// A JSON object with its path, so errors name the field in full.
-struct Obj<'a> {
-    map: &'a Map<String, Value>,
-    path: String,
-}
-
-impl<'a> Obj<'a> {
-    fn root(value: &'a Value) -> Result<Obj<'a>, OktaError> {
-        match value {
-            Value::Object(map) => Ok(Obj {
-                map,
-                path: String::new(),
-            }),
-            _ => Err(OktaError::WrongType {
-                field: "(the body)".into(),
-                expected: "a JSON object",
-            }),
-        }
-    }
-
-    fn at(value: &'a Value, path: String) -> Result<Obj<'a>, OktaError> {
-        match value {
-            Value::Object(map) => Ok(Obj { map, path }),
-            _ => Err(OktaError::WrongType {
-                field: path,
-                expected: "an object",
-            }),
-        }
-    }
-
-    fn child(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    fn opt_str(&self, key: &str) -> Result<Option<String>, OktaError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(OktaError::WrongType {
-                field: self.child(key),
-                expected: "a string",
-            }),
-        }
-    }
-
-    fn req_str(&self, key: &str) -> Result<String, OktaError> {
-        self.opt_str(key)?
-            .ok_or_else(|| OktaError::Missing(self.child(key)))
-    }
-
-    fn opt_obj(&self, key: &str) -> Result<Option<Obj<'a>>, OktaError> {
-        self.get(key)
-            .map(|v| Obj::at(v, self.child(key)))
-            .transpose()
-    }
-
-    fn req_obj(&self, key: &str) -> Result<Obj<'a>, OktaError> {
-        self.opt_obj(key)?
-            .ok_or_else(|| OktaError::Missing(self.child(key)))
-    }
-
-    fn opt_array(&self, key: &str) -> Result<Option<&'a [Value]>, OktaError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Array(items)) => Ok(Some(items)),
-            Some(_) => Err(OktaError::WrongType {
-                field: self.child(key),
-                expected: "an array",
-            }),
-        }
-    }
-
-    fn req_array(&self, key: &str) -> Result<&'a [Value], OktaError> {
-        self.opt_array(key)?
-            .ok_or_else(|| OktaError::Missing(self.child(key)))
-    }
-}
-
 #[derive(Default)]
 struct Rows {
     uuid: StringBuilder,
@@ -284,6 +198,7 @@ mod tests {
     use arrow_array::cast::AsArray;
     use arrow_array::types::TimestampMicrosecondType;
     use arrow_array::Array;
+    use lily_inbound::json::JsonError;
 
     fn column(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
         let col = batch.column_by_name(name).unwrap().as_string::<i32>();
@@ -395,7 +310,10 @@ mod tests {
             assert_eq!(err.to_string(), expected, "{body}");
             assert_eq!(err.http_status(), 400);
         }
-        assert!(matches!(events_batch(b"nope"), Err(OktaError::Json(_))));
+        assert!(matches!(
+            events_batch(b"nope"),
+            Err(OktaError::Json(JsonError::Syntax(_)))
+        ));
         let empty = events_batch(envelope("[]").as_bytes()).unwrap();
         assert_eq!(empty.num_rows(), 0);
     }

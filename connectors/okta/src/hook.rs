@@ -4,6 +4,7 @@
 
 use hmac::{Hmac, KeyInit, Mac};
 use lily_delivery::secret::Secret;
+use lily_inbound::json::JsonError;
 use sha2::Sha256;
 
 /// The header of Okta's verification GET.
@@ -29,15 +30,9 @@ pub enum OktaError {
     /// The auth header does not hold the configured secret.
     #[error("the event hook's secret header does not match")]
     WrongSecret,
-    #[error("the body is not JSON: {0}")]
-    Json(String),
-    #[error("`{0}` is missing")]
-    Missing(String),
-    #[error("`{field}` must be {expected}")]
-    WrongType {
-        field: String,
-        expected: &'static str,
-    },
+    /// Not JSON, or a field the rows need is missing or of the wrong type (named in full).
+    #[error(transparent)]
+    Json(#[from] JsonError),
     #[error("`eventType` is {0:?}, not \"com.okta.event_hook\"")]
     NotAnEventHook(String),
     #[error("`{field}` is not an RFC 3339 time: {value:?}")]

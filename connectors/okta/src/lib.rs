@@ -1,13 +1,14 @@
 //! Okta event hooks: the verification challenge, the shared-secret header, System Log events as change rows.
 //!
-//! The ingest server handles an Okta hook in three steps:
+//! [`OktaHook`], built from a tenant's [`OktaHookConfig`], is the ingest server's
+//! [`lily_inbound::InboundHook`] for Okta, which handles it in three steps:
 //!
 //! 1. the one-time verification GET: answer 200 with [`challenge`] of the
 //!    `X-Okta-Verification-Challenge` header;
 //! 2. every POST: [`OktaHook::check`] (or [`check_secret`]) the configured header, which holds a
-//!    static secret (Okta does not sign deliveries), then [`events_batch`] the body and answer
-//!    200 or 204 at once (Okta waits 3 s, retries once, never after a 4xx);
-//! 3. `sql/ingest/okta_directory.sql`, run by the SQL stage on that batch, gives the
+//!    static secret (Okta does not sign deliveries), then [`events::events_batch`] the body and
+//!    answer 200 or 204 at once (Okta waits 3 s, retries once, never after a 4xx);
+//! 3. `sql/okta_directory.sql` (this crate's), run by the SQL stage on that batch, gives the
 //!    principal and membership changes; dedupe on `event_uuid` and apply in `published` order.
 //!
 //! ```
@@ -17,7 +18,7 @@
 //! let answer = lily_okta::challenge("abc")?;
 //! assert_eq!(answer.to_string(), r#"{"verification":"abc"}"#);
 //! let body = br#"{"eventType": "com.okta.event_hook", "data": {"events": []}}"#;
-//! assert_eq!(lily_okta::events_batch(body)?.num_rows(), 0);
+//! assert_eq!(lily_okta::events::events_batch(body)?.num_rows(), 0);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -26,11 +27,11 @@
 mod config;
 pub mod events;
 mod hook;
+mod inbound;
 mod time;
 
 #[cfg(feature = "fake")]
 pub mod fake;
 
 pub use config::{ConfigError, OktaHook, OktaHookConfig};
-pub use events::{events_batch, events_schema};
 pub use hook::{challenge, check_secret, OktaError, CHALLENGE_HEADER, MAX_CHALLENGE_BYTES};

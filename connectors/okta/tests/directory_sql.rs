@@ -1,16 +1,15 @@
-//! `sql/ingest/okta_directory.sql` run by the SQL stage on batches from real-shaped Okta
+//! `sql/okta_directory.sql` run by the SQL stage on batches from real-shaped Okta
 //! deliveries.
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
-use lily_okta::{events_batch, events_schema};
+use lily_okta::events::{events_batch, events_schema};
 use lily_transform::{SourceTable, Transform};
 
 async fn transform() -> Transform {
-    let sql = std::fs::read_to_string(manifest_dir().join("../../sql/ingest/okta_directory.sql"))
-        .unwrap();
+    let sql = std::fs::read_to_string(manifest_dir().join("sql/okta_directory.sql")).unwrap();
     assert!(sql.starts_with("-- sources: events\n"), "header");
     let sources = [SourceTable {
         name: "events".into(),

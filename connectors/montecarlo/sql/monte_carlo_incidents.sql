@@ -1,8 +1,8 @@
 -- sources: events
 --
 -- Monte Carlo notifications as rows for meta.incidents (source 'monte_carlo'). `events` is the
--- batch lily_montecarlo::events_batch builds from one verified delivery: one row per event of
--- payload.event_list and table the event names.
+-- batch lily_montecarlo::payload::events_batch builds from one verified delivery: one row per
+-- event of payload.event_list and table the event names.
 --
 -- Which asset. Monte Carlo names a table by its full_table_id, `database:schema.table`
 -- (BigQuery `project:dataset.table`); metastore qualified names are
@@ -19,7 +19,8 @@
 --
 -- Output:
 --   source         'monte_carlo'
---   account_id     Monte Carlo account, for the server to check against the tenant's
+--   account_id     Monte Carlo account, passed through row for row (the hook checks the
+--                  batch's against the tenant's before this runs)
 --   external_id    the incident or alert id
 --   incident_type  the rule type (custom_sql, freshness, ...), else the notification type with
 --                  its open_/close_ prefix and _incident suffix removed

@@ -1,8 +1,8 @@
 -- sources: events
 --
 -- Okta event hook deliveries as directory changes for meta.principals and meta.group_members.
--- `events` is the batch lily_okta::events_batch builds from one verified delivery: one row per
--- System Log event and target, with the event's User and UserGroup targets on every row.
+-- `events` is the batch lily_okta::events::events_batch builds from one verified delivery: one
+-- row per System Log event and target, with the event's User and UserGroup targets on every row.
 --
 -- Only events whose outcome is SUCCESS change anything (a failed deactivation did not happen).
 -- Event types:
