@@ -73,7 +73,7 @@ async fn run() {
         .create(&client, "nrt", "bench", ["assets:write"])
         .await
         .unwrap();
-    let pool = lily_ingest::pool(url.parse().unwrap(), 4).unwrap();
+    let pool = lily_ingest::pool(&url.parse().unwrap(), 4).unwrap();
     let app = lily_ingest::router(
         lily_ingest::Ingest::new(
             pool,
@@ -141,13 +141,10 @@ async fn run() {
         }
     });
 
-    let load_client_cfg: tokio_postgres::Config = url.parse().unwrap();
-    let writers_cfg = load_client_cfg.clone();
-    let (mut load_client, conn) = load_client_cfg
-        .connect(tokio_postgres::NoTls)
+    let writers_cfg: lily_pg::ConnectionConfig = url.parse().unwrap();
+    let mut load_client = lily_pg::connect(&writers_cfg, lily_pg::Role::Load)
         .await
         .unwrap();
-    tokio::spawn(conn);
     let loading = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let loading2 = loading.clone();
     let load = tokio::spawn(async move {

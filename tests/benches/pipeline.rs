@@ -219,14 +219,16 @@ concurrency = {}
         ),
     )
     .unwrap();
-    let pg: tokio_postgres::Config = url.parse().unwrap();
+    let pg: lily_pg::ConnectionConfig = url.parse().unwrap();
     let reader = lily_transform::MetastoreReader::new(pg.clone());
+    let registry = lily_registry::registry();
     let ctx = lily_pipeline::PlanContext {
         catalog: &client,
         metastore: pg.clone(),
         functions: lily_transform::functions(&reader),
+        registry: &registry,
     };
-    let loaded = lily_pipeline::load(&dir.path().join("pii.toml")).unwrap();
+    let loaded = lily_pipeline::load(&dir.path().join("pii.toml"), &registry).unwrap();
     let planned = lily_pipeline::plan(&loaded, &ctx).await.unwrap();
     let mut cfg = capture_config(&url, "e2e", "e2e", &["meta.classifications"]);
     cfg.status_interval = Some(Duration::from_millis(500));

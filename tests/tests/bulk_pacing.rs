@@ -78,7 +78,7 @@ async fn bulk_chunks_wait_for_a_lagging_consumer() {
         bulk_writers: 2,
         ..LoadConfig::default()
     };
-    let loader = Loader::new(cfg).with_connect(pg.config("lily"));
+    let loader = Loader::new(cfg).with_connect(pg.connection("lily"));
     let mut load_client = pg.connect("lily").await.unwrap();
     let load = tokio::spawn(async move {
         loader

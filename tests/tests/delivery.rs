@@ -69,16 +69,18 @@ impl Running {
 }
 
 async fn start(url: &str, dir: &Path, slot: &str) -> Running {
-    let pg: tokio_postgres::Config = url.parse().unwrap();
-    let (catalog, conn) = pg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let pg: lily_pg::ConnectionConfig = url.parse().unwrap();
+    let catalog = lily_pg::connect(&pg, lily_pg::Role::Catalog).await.unwrap();
     let reader = lily_transform::MetastoreReader::new(pg.clone());
+    let registry = lily_registry::registry();
     let ctx = lily_pipeline::PlanContext {
         catalog: &catalog,
         metastore: pg.clone(),
         functions: lily_transform::functions(&reader),
+        registry: &registry,
     };
-    let loaded = lily_pipeline::load(&dir.join("tags.toml")).unwrap_or_else(|p| panic!("{p:?}"));
+    let loaded =
+        lily_pipeline::load(&dir.join("tags.toml"), &registry).unwrap_or_else(|p| panic!("{p:?}"));
     let planned = lily_pipeline::plan(&loaded, &ctx)
         .await
         .unwrap_or_else(|p| panic!("{p:?}"));

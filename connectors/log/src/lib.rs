@@ -6,7 +6,9 @@
 
 use std::io::Write;
 
+mod connector;
 mod sink;
+pub use connector::{LogConsumer, LogConsumerConfig, LogSinkConnector};
 pub use sink::{LogSink, LogSinkConfig};
 
 use lily_cdc::{BatchKind, Subscription};

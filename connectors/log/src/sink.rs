@@ -8,7 +8,7 @@ use lily_delivery::{Record, Sink, SinkError};
 use serde::Deserialize;
 
 /// Settings of a `log` sink.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSinkConfig {
     /// Text put in each line's `"sink"` field; default the sink's name.

@@ -16,7 +16,7 @@ const MAX_IDENTIFIER_BYTES: usize = 63;
 /// mode = "upsert"
 /// update_columns = ["propagate", "updated_at"]
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetastoreSinkConfig {
     /// Target table as `schema.table`. Each part is either a bare name, taken exactly as written
@@ -40,7 +40,7 @@ pub struct MetastoreSinkConfig {
 }
 
 /// How rows are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// `INSERT ... ON CONFLICT (key) DO UPDATE`.
@@ -140,57 +140,11 @@ fn check_identifier(what: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Splits `schema.table` into its two names (see [`MetastoreSinkConfig::table`]).
+/// Splits `schema.table` into its two names (see [`MetastoreSinkConfig::table`]), with
+/// `lily_pg`'s one rule for qualified names.
 fn split_table_name(text: &str) -> Result<(String, String), ConfigError> {
-    let bad = |why: &str| {
-        ConfigError(format!(
-            "table {text:?}: {why}; expected schema.table, with either part double-quoted (\"\" for a quote) if it holds a dot or a quote"
-        ))
-    };
-    let (schema, rest) = parse_part(text).map_err(|why| bad(&why))?;
-    let rest = match rest.strip_prefix('.') {
-        Some(rest) => rest,
-        None if rest.is_empty() => return Err(bad("no schema given")),
-        None => return Err(bad(&format!("unexpected {rest:?} after the schema name"))),
-    };
-    let (table, rest) = parse_part(rest).map_err(|why| bad(&why))?;
-    if !rest.is_empty() {
-        return Err(bad(&format!("unexpected {rest:?} after the table name")));
-    }
-    check_identifier("table", &schema)?;
-    check_identifier("table", &table)?;
-    Ok((schema, table))
-}
-
-/// One name at the start of `s` and what follows it.
-fn parse_part(s: &str) -> Result<(String, &str), String> {
-    if let Some(quoted) = s.strip_prefix('"') {
-        let mut name = String::new();
-        let mut chars = quoted.char_indices();
-        while let Some((i, c)) = chars.next() {
-            if c != '"' {
-                name.push(c);
-                continue;
-            }
-            // A doubled quote stands for one quote; a single one ends the name.
-            if quoted[i + 1..].starts_with('"') {
-                name.push('"');
-                chars.next();
-            } else {
-                return Ok((name, &quoted[i + 1..]));
-            }
-        }
-        Err("unterminated double quote".into())
-    } else {
-        let end = s.find(['.', '"']).unwrap_or(s.len());
-        if end == 0 {
-            return Err("empty name".into());
-        }
-        if s[end..].starts_with('"') {
-            return Err("a double quote inside a bare name".into());
-        }
-        Ok((s[..end].to_string(), &s[end..]))
-    }
+    let q = lily_pg::QualifiedName::parse(text).map_err(|e| ConfigError(e.to_string()))?;
+    Ok((q.schema, q.name))
 }
 
 #[cfg(test)]

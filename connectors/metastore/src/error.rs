@@ -13,12 +13,8 @@ pub enum BuildError {
     #[error(transparent)]
     Config(#[from] ConfigError),
 
-    #[error("cannot connect to the metastore database: {detail}")]
-    Connect {
-        detail: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
+    #[error("cannot connect to the metastore database: {0}")]
+    Connect(#[source] lily_pg::PgError),
 
     #[error("reading the definition of table {table} failed: {detail}")]
     Catalog {
@@ -89,20 +85,12 @@ impl BuildError {
     /// person, like every other variant.
     pub fn is_retryable(&self) -> bool {
         match self {
-            BuildError::Connect { source, .. } | BuildError::Catalog { source, .. } => {
-                match source.code().map(|c| c.code()) {
-                    Some(code) => !code.starts_with("28") && code != "3D000",
-                    None => true,
-                }
-            }
+            BuildError::Connect(e) => e.is_retryable(),
+            BuildError::Catalog { source, .. } => match source.code().map(|c| c.code()) {
+                Some(code) => !code.starts_with("28") && code != "3D000",
+                None => true,
+            },
             _ => false,
-        }
-    }
-
-    pub(crate) fn connect(source: tokio_postgres::Error) -> Self {
-        BuildError::Connect {
-            detail: describe(&source),
-            source,
         }
     }
 

@@ -2,7 +2,7 @@
 //! (enrichment, such as upserting propagated classifications into `meta.classifications`).
 //!
 //! ```no_run
-//! # async fn demo(pg: tokio_postgres::Config) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(pg: lily_pg::ConnectionConfig) -> Result<(), Box<dyn std::error::Error>> {
 //! use lily_metastore_sink::{MetastoreSink, MetastoreSinkConfig};
 //! let table: toml::Value = toml::from_str(r#"table = "meta.classifications""#)?;
 //! let cfg: MetastoreSinkConfig = table.try_into()?;
@@ -18,6 +18,7 @@
 //! record lacks keeps its column's default on insert and its current value on update.
 
 mod config;
+mod connector;
 mod error;
 mod rows;
 mod sink;
@@ -25,5 +26,6 @@ mod sql;
 mod table;
 
 pub use config::{ConfigError, MetastoreSinkConfig, Mode};
+pub use connector::Metastore;
 pub use error::BuildError;
 pub use sink::MetastoreSink;

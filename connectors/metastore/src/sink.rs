@@ -9,7 +9,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 use crate::config::MetastoreSinkConfig;
-use crate::error::{classify, describe, BuildError};
+use crate::error::{classify, BuildError};
 use crate::table::Target;
 use crate::{rows, sql};
 
@@ -18,13 +18,14 @@ use crate::{rows, sql};
 const MAX_BATCH: usize = 500;
 
 /// Shown in `pg_stat_activity` unless the connection settings name the application.
-const APPLICATION_NAME: &str = "lily-metastore-sink";
+/// The connection's role: `application_name` is `lily-metastore-sink`.
+const ROLE: lily_pg::Role = lily_pg::Role::Sink("metastore");
 
 /// Writes pipeline output rows into one table of the metastore: upserts, inserts-or-skips or
 /// deletes them by key (see [`MetastoreSinkConfig`]).
 pub struct MetastoreSink {
     target: Target,
-    pg: tokio_postgres::Config,
+    pg: lily_pg::ConnectionConfig,
     /// The open connection, if any. A std mutex: it is only held to clone or swap the `Arc`,
     /// never across an `.await`; calls share the client (tokio-postgres pipelines their
     /// statements on the one connection).
@@ -47,14 +48,11 @@ impl MetastoreSink {
     /// are its primary key or one of its unique keys, the named columns exist, the role may
     /// write. Nothing is written.
     pub async fn connect(
-        mut pg: tokio_postgres::Config,
+        pg: lily_pg::ConnectionConfig,
         cfg: MetastoreSinkConfig,
     ) -> Result<MetastoreSink, BuildError> {
         cfg.validate()?;
-        if pg.get_application_name().is_none() {
-            pg.application_name(APPLICATION_NAME);
-        }
-        let client = open(&pg).await.map_err(BuildError::connect)?;
+        let client = open(&pg).await.map_err(BuildError::Connect)?;
         let target = Target::load(&client, &cfg).await?;
         tracing::info!(
             table = %target.display,
@@ -89,11 +87,12 @@ impl MetastoreSink {
         }
         // Connect without the lock held; calls racing here may each open one, and all but the
         // one that lands first are dropped (closing them).
+        // Retryable whatever the cause: a lost metastore (or a password being rotated) must
+        // not turn every pending row into a dead letter.
         let fresh = open(&self.pg).await.map_err(|e| {
             SinkError::retryable(format!(
-                "cannot reconnect to the metastore database to write to {}: {}",
+                "cannot reconnect to the metastore database to write to {}: {e}",
                 self.target.display,
-                describe(&e)
             ))
         })?;
         let mut slot = self.lock();
@@ -193,20 +192,8 @@ fn connection_lost(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Opens a connection and drives it on a task of its own.
-///
-/// Without TLS for now (NoTls): the sink is meant to run next to the metastore on a private
-/// network. TLS (rustls, as the replication connection does) is still to be wired in; until then
-/// a `sslmode=require` config fails to connect rather than silently going unencrypted.
-async fn open(pg: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(error = %describe(&error), "Metastore sink connection ended.");
-        }
-    });
-    // Set-based writes of hundreds of rows can pass the JIT cost threshold; compiling
-    // costs more than the write.
-    client.batch_execute("SET jit = off").await?;
-    Ok(client)
+/// Opens a connection (TLS as configured, JIT off: set-based writes of hundreds of rows can pass
+/// the JIT cost threshold, and compiling costs more than the write).
+async fn open(pg: &lily_pg::ConnectionConfig) -> Result<Client, lily_pg::PgError> {
+    lily_pg::connect(pg, ROLE).await
 }

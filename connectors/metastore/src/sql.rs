@@ -14,15 +14,11 @@ use std::fmt::Write as _;
 use crate::config::Mode;
 use crate::table::Target;
 
-/// `"name"` with embedded quotes doubled. Any string is safe inside the quotes; names with NUL
-/// cannot exist in PostgreSQL and are refused when configured.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub(crate) use lily_pg::quote_ident;
 
 /// `"schema"."table"`.
 pub(crate) fn quote_qualified(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
+    lily_pg::QualifiedName::new(schema, table).quoted()
 }
 
 /// The statement writing groups of rows with the given column sets (`$1` is the first group's

@@ -36,11 +36,13 @@ fn config(table: &str, mode: Mode) -> MetastoreSinkConfig {
 }
 
 async fn sink(pg: &PgCluster, cfg: MetastoreSinkConfig) -> MetastoreSink {
-    MetastoreSink::connect(pg.config(DB), cfg).await.unwrap()
+    MetastoreSink::connect(pg.connection(DB), cfg)
+        .await
+        .unwrap()
 }
 
 async fn build_error(pg: &PgCluster, cfg: MetastoreSinkConfig) -> BuildError {
-    MetastoreSink::connect(pg.config(DB), cfg)
+    MetastoreSink::connect(pg.connection(DB), cfg)
         .await
         .unwrap_err()
 }
@@ -365,7 +367,9 @@ async fn unique_constraint_with_nulls_not_distinct_as_key() {
         "external_id".into(),
         "asset_guid".into(),
     ]);
-    let delete = MetastoreSink::connect(pg.config(DB), del).await.unwrap();
+    let delete = MetastoreSink::connect(pg.connection(DB), del)
+        .await
+        .unwrap();
     delete
         .deliver(&[incident(5, Value::Null, "x")])
         .await
@@ -517,16 +521,17 @@ async fn build_errors_name_the_problem() {
         )
         .await
         .unwrap();
-    let mut reader = pg.config(DB);
-    reader.user("reader").password("reader-pw");
+    let mut reader = pg.connection(DB);
+    reader.user = "reader".into();
+    reader.password = lily_pg::Secret::new("reader-pw");
     let e = MetastoreSink::connect(reader, config("meta.classifications", Mode::Upsert))
         .await
         .unwrap_err();
     assert!(matches!(e, BuildError::MissingPrivilege { .. }), "{e:?}");
     assert!(e.to_string().contains("INSERT"), "{e}");
 
-    let mut wrong_password = pg.config(DB);
-    wrong_password.password("nope");
+    let mut wrong_password = pg.connection(DB);
+    wrong_password.password = lily_pg::Secret::new("nope");
     let e = MetastoreSink::connect(wrong_password, config("meta.classifications", Mode::Upsert))
         .await
         .unwrap_err();
@@ -637,11 +642,17 @@ async fn hostile_identifiers_round_trip() {
 #[tokio::test]
 async fn lock_timeout_is_retryable() {
     let (pg, client) = metastore().await;
-    let mut conf = pg.config(DB);
-    conf.options("-c lock_timeout=200ms");
-    let sink = MetastoreSink::connect(conf, config("meta.classifications", Mode::Upsert))
+    // Sessions opened from now on (the sink's) give up on a lock after 200 ms.
+    client
+        .batch_execute("ALTER DATABASE meta SET lock_timeout = '200ms'")
         .await
         .unwrap();
+    let sink = MetastoreSink::connect(
+        pg.connection(DB),
+        config("meta.classifications", Mode::Upsert),
+    )
+    .await
+    .unwrap();
     client
         .batch_execute("BEGIN; LOCK TABLE meta.classifications IN ACCESS EXCLUSIVE MODE")
         .await

@@ -33,6 +33,7 @@
 //! ```
 
 mod apply;
+mod connector;
 mod error;
 mod params;
 pub mod render;
@@ -44,10 +45,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lily_cdc::{BatchKind, ChangeBatch, Delivery, Subscription};
-use lily_replication::{ConnectionConfig, SslMode};
+use lily_pg::ConnectionConfig;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+pub use connector::{MirrorConfig, MirrorConsumer};
 pub use error::MirrorError;
 pub use sql::{quote_ident, quote_qualified};
 
@@ -136,7 +138,11 @@ impl Drop for Session {
 
 /// A connection to the target database that applies deliveries in order.
 pub struct Mirror {
-    pg: tokio_postgres::Config,
+    /// The target's connection settings and TLS connector (from `lily_pg`).
+    pg: (
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
     /// `host:port/db`, for messages.
     target: String,
     session: Session,
@@ -158,29 +164,14 @@ impl Mirror {
         Self::connect_with(url, MirrorOptions::default()).await
     }
 
-    /// Connects to `postgres://user:password@host:port/db` (no TLS yet: `sslmode=disable`).
+    /// Connects to a target given as libpq does (a `postgres://` URL or `key=value` pairs), with
+    /// TLS as its `sslmode` says.
     pub async fn connect_with(url: &str, options: MirrorOptions) -> Result<Mirror, MirrorError> {
-        let cfg = ConnectionConfig::from_url(url).map_err(MirrorError::Config)?;
-        if cfg.sslmode != SslMode::Disable {
-            return Err(MirrorError::Config(format!(
-                "sslmode {:?} is not supported by lily-mirror yet; use sslmode=disable",
-                cfg.sslmode
-            )));
-        }
-        let target = format!("{}:{}/{}", cfg.host, cfg.port, cfg.dbname);
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&cfg.host)
-            .port(cfg.port)
-            .user(&cfg.user)
-            .password(cfg.password.expose())
-            .dbname(&cfg.dbname)
-            .application_name(if cfg.application_name == "lily" {
-                "lily-mirror"
-            } else {
-                &cfg.application_name
-            })
-            .connect_timeout(cfg.connect_timeout)
-            .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        let cfg = ConnectionConfig::parse(url).map_err(MirrorError::Config)?;
+        let target = cfg.target();
+        let (pg, tls) = lily_pg::tokio_parts(&cfg, lily_pg::Role::Mirror)
+            .map_err(|e| MirrorError::Config(e.to_string()))?;
+        let pg = (pg, tls);
         let session = open_session(&pg, &target, &options).await?;
         tracing::info!(%target, "Mirror connected.");
         Ok(Mirror {
@@ -194,6 +185,11 @@ impl Mirror {
             held: Vec::new(),
             stats: MirrorStats::default(),
         })
+    }
+
+    /// Where this mirror writes: `host:port/db`, never the password.
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     pub fn options(&self) -> &MirrorOptions {
@@ -444,12 +440,15 @@ impl Mirror {
 
 /// Opens a connection and sets the session up.
 async fn open_session(
-    pg: &tokio_postgres::Config,
+    (pg, tls): &(
+        tokio_postgres::Config,
+        tokio_postgres_rustls::MakeRustlsConnect,
+    ),
     target: &str,
     options: &MirrorOptions,
 ) -> Result<Session, MirrorError> {
     let (client, connection) =
-        pg.connect(tokio_postgres::NoTls)
+        pg.connect(tls.clone())
             .await
             .map_err(|source| MirrorError::Connect {
                 target: target.to_string(),
@@ -573,7 +572,7 @@ async fn recover(
     lookahead: &mut VecDeque<Delivery>,
     mut error: MirrorError,
 ) -> Result<Recovered, MirrorError> {
-    let mut backoff = Backoff::new(
+    let mut backoff = lily_runtime::Backoff::new(
         mirror.options.reconnect_initial,
         mirror.options.reconnect_max,
     );
@@ -639,57 +638,6 @@ async fn recover(
                 return Ok(Recovered::Reconnected);
             }
             Err(e) => error = e,
-        }
-    }
-}
-
-/// Exponential backoff with jitter: `initial`, doubling up to `max`, each plus up to a quarter
-/// of it at random.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            next: initial.max(Duration::from_millis(1)),
-            max: max.max(initial),
-        }
-    }
-
-    fn next_wait(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        base + Duration::from_micros(jitter(base.as_micros() as u64 / 4 + 1))
-    }
-}
-
-/// A number in `0..max`. Jitter only needs to spread the reconnects of several mirrors; the
-/// clock's nanoseconds do.
-fn jitter(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    nanos % max.max(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let bases = [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000];
-        for base in bases {
-            let base = Duration::from_millis(base);
-            let wait = b.next_wait();
-            assert!(
-                wait >= base && wait <= base + base / 4,
-                "{wait:?} not in [{base:?}, {base:?} * 1.25]"
-            );
         }
     }
 }

@@ -6,14 +6,11 @@ use std::fmt::Write as _;
 
 use crate::table::TablePlan;
 
-/// `"name"` with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use lily_pg::quote_ident;
 
 /// `"schema"."table"`.
 pub fn quote_qualified(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
+    lily_pg::QualifiedName::new(schema, table).quoted()
 }
 
 /// `unnest($1::text[], ..., $n::text[]) AS u(a0, ..., an)` for the given aliases.

@@ -44,7 +44,7 @@ fn default_max_body_bytes() -> usize {
 /// secret_env = "LILY_WEBHOOK_SECRET"
 /// event_type = "metadata.column.tagged"
 /// ```
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// The receiver's URL, written out (http or https). Give this or `url_env`, not both.
@@ -221,7 +221,7 @@ impl WebhookConfig {
 
     /// The receiver's URL, from the config text or the named variable. Errors name the
     /// variable, never its value.
-    fn endpoint(
+    pub(crate) fn endpoint(
         &self,
         env: impl Fn(&str) -> Result<String, VarError>,
     ) -> Result<Endpoint, ConfigError> {

@@ -19,6 +19,7 @@
 //! With the `fake` feature, [`fake::FakeReceiver`] is a Standard Webhooks consumer for tests.
 
 mod config;
+mod connector;
 mod endpoint;
 mod envelope;
 mod outcome;
@@ -29,4 +30,5 @@ mod sink;
 pub mod fake;
 
 pub use config::{ConfigError, WebhookConfig};
+pub use connector::Webhook;
 pub use sink::WebhookSink;

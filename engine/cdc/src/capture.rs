@@ -22,6 +22,8 @@ pub struct Capture {
     consumers: Vec<(String, mpsc::Sender<Delivery>)>,
     feedback: Arc<Feedback>,
     counters: std::sync::Mutex<std::collections::HashMap<u32, metrics::Counter>>,
+    /// True while a replication session streams (for readiness).
+    streaming: watch::Sender<bool>,
 }
 
 enum SessionEnd {
@@ -56,6 +58,7 @@ impl Capture {
             consumers: Vec::new(),
             feedback: Feedback::new(Lsn::ZERO),
             counters: Default::default(),
+            streaming: watch::channel(false).0,
         })
     }
 
@@ -65,6 +68,12 @@ impl Capture {
         let (tx, rx) = mpsc::channel(self.config.consumer_queue);
         self.consumers.push((name.clone(), tx));
         Subscription { name, rx }
+    }
+
+    /// Whether capture is streaming now: true once `START_REPLICATION` succeeded, false while
+    /// it connects, reconnects or after it stopped.
+    pub fn streaming(&self) -> watch::Receiver<bool> {
+        self.streaming.subscribe()
     }
 
     /// Positions shared with the status sender: what was received and what is confirmed.
@@ -102,7 +111,8 @@ impl Capture {
             max_latency: self.config.batch_max_latency,
             linger: self.config.batch_linger,
         });
-        let mut backoff = self.config.reconnect_initial;
+        let mut backoff =
+            lily_runtime::Backoff::new(self.config.reconnect_initial, self.config.reconnect_max);
         loop {
             let started = std::time::Instant::now();
             let span = tracing::info_span!("capture", slot = %self.config.source.slot);
@@ -118,17 +128,16 @@ impl Capture {
                 Ok(SessionEnd::Stopped) => return Ok(()),
                 Err(error) if error.is_retryable() => {
                     metrics::counter!("lily_replication_reconnects_total").increment(1);
+                    // A session that streamed for a while starts the backoff over.
                     if started.elapsed() > Duration::from_secs(30) {
-                        backoff = self.config.reconnect_initial;
+                        backoff.reset();
                     }
-                    let jitter =
-                        Duration::from_millis(rand_jitter(backoff.as_millis() as u64 / 4 + 1));
-                    tracing::warn!(%error, retry_in = ?(backoff + jitter), "Replication session ended; reconnecting.");
+                    let wait = backoff.next_wait();
+                    tracing::warn!(%error, retry_in = ?wait, "Replication session ended; reconnecting.");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff + jitter) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = stopped(stop) => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(self.config.reconnect_max);
                 }
                 Err(error) => {
                     tracing::error!(%error, "Capture stopped.");
@@ -197,6 +206,7 @@ impl Capture {
         )
         .await?;
         tracing::info!(slot = %spec.slot, %start, ?status_interval, "Streaming.");
+        self.streaming.send_replace(true);
         asm.reset();
 
         let saver = tokio::spawn(save_checkpoints(
@@ -209,6 +219,7 @@ impl Capture {
         let result = self
             .stream_loop(&mut stream, tracker, asm, stop, watch)
             .await;
+        self.streaming.send_replace(false);
         saver.abort();
         match result {
             Ok(()) => {
@@ -472,13 +483,4 @@ async fn save_checkpoints(
             }
         }
     }
-}
-
-fn rand_jitter(max_ms: u64) -> u64 {
-    // Jitter only needs to spread reconnects of several engines; the clock's nanoseconds do.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    nanos % max_ms.max(1)
 }

@@ -107,7 +107,7 @@ fn main() {
                 .create(&client, "acme", "bench", ["assets:write"])
                 .await
                 .unwrap();
-            let pool = lily_ingest::pool(cluster.url("ingest").parse().unwrap(), 8).unwrap();
+            let pool = lily_ingest::pool(&cluster.connection("ingest"), 8).unwrap();
             let app = lily_ingest::router(
                 lily_ingest::Ingest::new(
                     pool,

@@ -5,13 +5,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::{get, post};
+use axum::response::IntoResponse;
+use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use lily_auth::{Principal, Scope};
+use lily_inbound::Method;
 
 use crate::error::ApiError;
 use crate::loads::{is_job_id, rfc3339, LoadsError, MemState};
@@ -20,24 +23,13 @@ use crate::model::{
     WriteResult, ASSET_STATUSES, MAX_ITEMS,
 };
 use crate::store;
-
-/// Every route of the ingest API as (method, path), the list `openapi.json` is checked against.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("post", "/v1/tenants/{tenant}/assets"),
-    ("post", "/v1/tenants/{tenant}/lineage"),
-    ("post", "/v1/tenants/{tenant}/classifications"),
-    ("post", "/v1/tenants/{tenant}/webhooks/monte-carlo"),
-    ("get", "/v1/tenants/{tenant}/webhooks/okta"),
-    ("post", "/v1/tenants/{tenant}/webhooks/okta"),
-    ("post", "/v1/tenants/{tenant}/loads"),
-    ("get", "/v1/tenants/{tenant}/loads/{job_id}"),
-];
+use crate::webhooks::Hooks;
 
 /// What the handlers share.
 pub struct Ingest {
     pub(crate) pool: deadpool_postgres::Pool,
     pub(crate) auth: lily_auth::Authenticator,
-    pub(crate) hooks: crate::webhooks::Hooks,
+    pub(crate) hooks: Hooks,
     /// Bulk loads; `None` when no spool directory is configured (the load routes answer 404
     /// `not_enabled`).
     pub(crate) loads: Option<crate::Loads>,
@@ -47,7 +39,7 @@ impl Ingest {
     pub fn new(
         pool: deadpool_postgres::Pool,
         auth: lily_auth::Authenticator,
-        hooks: crate::webhooks::Hooks,
+        hooks: Hooks,
     ) -> Arc<Self> {
         Self::with_loads(pool, auth, hooks, None)
     }
@@ -56,7 +48,7 @@ impl Ingest {
     pub fn with_loads(
         pool: deadpool_postgres::Pool,
         auth: lily_auth::Authenticator,
-        hooks: crate::webhooks::Hooks,
+        hooks: Hooks,
         loads: Option<crate::Loads>,
     ) -> Arc<Self> {
         Arc::new(Ingest {
@@ -71,23 +63,99 @@ impl Ingest {
 /// The ingest routes, with JSON bodies limited to `max_body_bytes` (413 beyond). Load uploads
 /// are streamed to disk and limited by the loads' own `max_load_bytes` instead.
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
-    // Mounted always, so the API's shape does not depend on configuration.
-    let loads = Router::new()
-        .route(ROUTES[6].1, post(create_load))
-        .route(ROUTES[7].1, get(load_status))
-        .layer(DefaultBodyLimit::disable());
-    Router::new()
-        .route(ROUTES[0].1, post(assets))
-        .route(ROUTES[1].1, post(lineage))
-        .route(ROUTES[2].1, post(classifications))
-        .route(ROUTES[3].1, post(crate::webhooks::monte_carlo))
-        .route(
-            ROUTES[4].1,
-            get(crate::webhooks::okta_challenge).post(crate::webhooks::okta_events),
-        )
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .merge(loads)
+    routes(&ingest.hooks, max_body_bytes)
+        .router
         .with_state(ingest)
+}
+
+/// Every route [`router`] serves with `hooks`, as (method, path) with the method in lower case
+/// as OpenAPI names operations: the list `openapi.json` is checked against.
+pub fn served_routes(hooks: &Hooks) -> Vec<(&'static str, String)> {
+    routes(hooks, 0)
+        .served
+        .into_iter()
+        .map(|(method, path)| (method.as_str(), path))
+        .collect()
+}
+
+fn routes(hooks: &Hooks, max_body_bytes: usize) -> Routes {
+    // Mounted always, so the API's shape does not depend on configuration.
+    let loads = Routes::default()
+        .add(Method::Post, "/v1/tenants/{tenant}/loads", create_load)
+        .add(
+            Method::Get,
+            "/v1/tenants/{tenant}/loads/{job_id}",
+            load_status,
+        )
+        .layer(DefaultBodyLimit::disable());
+    let mut api = Routes::default()
+        .add(Method::Get, "/openapi.json", openapi)
+        .add(Method::Post, "/v1/tenants/{tenant}/assets", assets)
+        .add(Method::Post, "/v1/tenants/{tenant}/lineage", lineage)
+        .add(
+            Method::Post,
+            "/v1/tenants/{tenant}/classifications",
+            classifications,
+        );
+    for (hook, route) in hooks.routes() {
+        let method = route.method;
+        let path = format!("/v1/tenants/{{tenant}}/webhooks/{}", route.path);
+        api = api.add(
+            method,
+            &path,
+            move |State(s): State<Arc<Ingest>>,
+                  Path(tenant): Path<String>,
+                  headers: HeaderMap,
+                  body: Bytes| async move {
+                hook.handle(&s, tenant, method, headers, body).await
+            },
+        );
+    }
+    api.layer(DefaultBodyLimit::max(max_body_bytes))
+        .merge(loads)
+}
+
+/// A router and the (method, path) of every route in it, recorded by the call that adds the
+/// route, so the list cannot drift from what is served.
+#[derive(Default)]
+struct Routes {
+    router: Router<Arc<Ingest>>,
+    served: Vec<(Method, String)>,
+}
+
+impl Routes {
+    fn add<H, T>(mut self, method: Method, path: &str, handler: H) -> Self
+    where
+        H: Handler<T, Arc<Ingest>>,
+        T: 'static,
+    {
+        let filter = match method {
+            Method::Get => MethodFilter::GET,
+            Method::Post => MethodFilter::POST,
+        };
+        self.router = self.router.route(path, on(filter, handler));
+        self.served.push((method, path.to_string()));
+        self
+    }
+
+    /// `layer` on the routes added so far.
+    fn layer(self, layer: DefaultBodyLimit) -> Self {
+        Routes {
+            router: self.router.layer(layer),
+            served: self.served,
+        }
+    }
+
+    fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.served.extend(other.served);
+        self
+    }
+}
+
+/// `GET /openapi.json`: the API's description. Unauthenticated: it holds no tenant's data.
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI)
 }
 
 /// Authenticates the caller and checks it may do `scope` on `tenant`.

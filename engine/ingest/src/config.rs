@@ -19,7 +19,7 @@ pub struct IngestConfig {
     pub oidc: Option<lily_auth::OidcConfig>,
     /// Monte Carlo webhooks, one per tenant, at `/v1/tenants/{tenant}/webhooks/monte-carlo`.
     #[serde(default)]
-    pub monte_carlo: Vec<crate::MonteCarloHookConfig>,
+    pub monte_carlo: Vec<lily_montecarlo::MonteCarloHookConfig>,
     /// Okta event hooks, one per tenant, at `/v1/tenants/{tenant}/webhooks/okta`.
     #[serde(default)]
     pub okta: Vec<lily_okta::OktaHookConfig>,

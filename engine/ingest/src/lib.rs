@@ -1,7 +1,8 @@
 //! The ingest API: authenticated, tenant-scoped writes of assets, lineage, classifications and
-//! incidents, the inbound webhooks (Monte Carlo, Okta), and bulk loads of uploaded files (run in
-//! the background by [`Loads`]). Mounted by the `lily` binary next to
-//! /healthz, /readyz and /metrics; described by `openapi.json`.
+//! incidents, the inbound webhooks (each a [`lily_inbound::InboundHook`] of its connector,
+//! registered in [`Hooks`]), and bulk loads of uploaded files (run in the background by
+//! [`Loads`]). Mounted by the `lily` binary next to /healthz, /readyz and /metrics; described by
+//! `openapi.json`, which it serves at /openapi.json.
 
 mod api;
 mod config;
@@ -11,21 +12,27 @@ mod model;
 mod store;
 mod webhooks;
 
-pub use api::{router, Ingest, ROUTES};
+pub use api::{router, served_routes, Ingest};
 pub use config::IngestConfig;
 pub use error::ApiError;
 pub use loads::{Loads, LoadsError, LoadsSettings};
 pub use model::{AssetIn, AssetsRequest, WriteResult, MAX_ITEMS};
 pub use store::asset_guid;
-pub use webhooks::{Hooks, MonteCarloHookConfig};
+pub use webhooks::{Hooks, HooksError};
 
 /// The OpenAPI document of the ingest API.
 pub const OPENAPI: &str = include_str!("../openapi.json");
 
 /// A pool of metastore connections for the ingest API (owner role; each request switches to
 /// `lily_ingest` inside its transaction).
-pub fn pool(pg: tokio_postgres::Config, size: usize) -> Result<deadpool_postgres::Pool, String> {
-    let mgr = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+/// Connections carry TLS and the session settings of `lily_pg`, named `lily-ingest`.
+pub fn pool(
+    pg: &lily_pg::ConnectionConfig,
+    size: usize,
+) -> Result<deadpool_postgres::Pool, String> {
+    let (config, tls) =
+        lily_pg::tokio_parts(pg, lily_pg::Role::Ingest).map_err(|e| e.to_string())?;
+    let mgr = deadpool_postgres::Manager::new(config, tls);
     deadpool_postgres::Pool::builder(mgr)
         .max_size(size)
         .build()

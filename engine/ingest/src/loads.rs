@@ -155,7 +155,7 @@ pub struct Loads {
 
 struct Inner {
     settings: LoadsSettings,
-    pg: tokio_postgres::Config,
+    pg: lily_pg::ConnectionConfig,
     /// One bulk chunk at a time across all API loads: bulk lanes of different tenants take
     /// turns, so loads use about one connection's worth of heavy server work and the
     /// near-real-time writes of the pool stay quick. Structural lanes run freely.
@@ -172,7 +172,10 @@ struct Inner {
 impl Loads {
     /// Creates the spool directory if needed. Call [`Loads::start`] to resume what a previous
     /// process left.
-    pub fn new(settings: LoadsSettings, pg: tokio_postgres::Config) -> Result<Loads, LoadsError> {
+    pub fn new(
+        settings: LoadsSettings,
+        pg: lily_pg::ConnectionConfig,
+    ) -> Result<Loads, LoadsError> {
         let mut dir = std::fs::DirBuilder::new();
         dir.recursive(true);
         #[cfg(unix)]
@@ -504,18 +507,11 @@ impl Inner {
             let context = context.to_string();
             move |source| Attempt::Setup(LoadError::Postgres { context, source })
         };
-        let (mut client, connection) = self
-            .pg
-            .connect(tokio_postgres::NoTls)
+        // The connection ends when `client` is dropped (also when this future is cancelled:
+        // the server then rolls the open chunk back).
+        let mut client = lily_pg::connect(&self.pg, lily_pg::Role::Load)
             .await
-            .map_err(pg("connecting to the metastore for a load"))?;
-        // Ends when `client` is dropped (also when this future is cancelled: the server then
-        // rolls the open chunk back).
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "load connection closed");
-            }
-        });
+            .map_err(|e| Attempt::Setup(LoadError::Connect(e)))?;
         let status: Option<String> = client
             .query_opt(
                 "SELECT status FROM lily.load_jobs WHERE job_id = $1",

@@ -1,61 +1,479 @@
-//! Inbound webhooks. Each is bound to one tenant and authenticated by its own mechanism (Monte
-//! Carlo's `x-mcd-signature`, Okta's shared-secret header), not by API keys. A payload becomes
-//! an Arrow batch, goes through its pre-ingest SQL (`sql/ingest/*.sql`, the same transform stage
-//! as the pipelines), and the rows are written in one transaction with the delivery's
-//! de-duplication keys, so a repeated delivery changes nothing.
+//! Inbound webhooks: the server's half of every [`InboundHook`]. A sender's connector says how
+//! a request is authenticated, how its body becomes the `events` batch, which SQL maps that
+//! batch and which column identifies a row; this module does the rest the same way for every
+//! sender: the tenant's hook (each is bound to one tenant and authenticated by its own
+//! mechanism, not by API keys), the pre-ingest SQL (planned once, run per delivery, the same
+//! transform stage as the pipelines), and one transaction that records the rows' keys in
+//! `lily.inbound_events`, writes the new ones and audits the delivery, so a repeated delivery
+//! changes nothing.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lily_delivery::secret::{Secret, SecretSource};
+use lily_inbound::{Ack, Admission, HookError, InboundHook, Method, Request, Route, Writes};
 use lily_transform::{SourceTable, Transform};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::api::Ingest;
 use crate::error::ApiError;
 use crate::store;
 
-const MONTE_CARLO_SQL: &str = include_str!("../../../sql/ingest/monte_carlo_incidents.sql");
-const OKTA_SQL: &str = include_str!("../../../sql/ingest/okta_directory.sql");
-
-/// A Monte Carlo webhook of one tenant.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MonteCarloHookConfig {
-    /// The tenant whose incidents this hook writes.
-    pub tenant_id: String,
-    /// Environment variable holding the signing secret set in Monte Carlo; give this or
-    /// `secret_file`, or set `allow_unsigned`.
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    /// File holding the signing secret.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// Accept unsigned deliveries. Only for endpoints reachable from Monte Carlo's published
-    /// addresses alone; anyone who can reach an unsigned endpoint can write incidents.
-    #[serde(default)]
-    pub allow_unsigned: bool,
-    /// Qualified name of the connection Monte Carlo's tables belong to; the asset is
-    /// `<connection>/<database>/<schema>/<table>`. Without it, the asset whose qualified name
-    /// ends in `/<database>/<schema>/<table>` is used when exactly one does.
-    #[serde(default)]
-    pub connection_qualified_name: Option<String>,
-    /// Monte Carlo account id the deliveries must carry (others are refused).
-    #[serde(default)]
-    pub account_id: Option<String>,
+/// Why the hooks could not be set up. All are configuration mistakes: fix and restart.
+#[derive(Debug, thiserror::Error)]
+pub enum HooksError {
+    #[error(transparent)]
+    MonteCarlo(#[from] lily_montecarlo::ConfigError),
+    #[error(transparent)]
+    Okta(#[from] lily_okta::ConfigError),
+    #[error("two {hook} hooks for tenant {tenant}")]
+    DuplicateTenant { hook: &'static str, tenant: String },
+    /// Two senders under one name would share their de-duplication keys.
+    #[error("two kinds of hook are named {0}")]
+    DuplicateSource(&'static str),
+    #[error("the {hook} hook's route /webhooks/{path}: {problem}")]
+    BadRoute {
+        hook: &'static str,
+        path: &'static str,
+        problem: &'static str,
+    },
+    #[error("the {hook} hook's pre-ingest SQL: {message}")]
+    Sql { hook: &'static str, message: String },
 }
 
-struct MonteCarloHook {
-    secret: Option<Secret>,
-    connection: Option<String>,
-    account_id: Option<String>,
+/// The registered kinds of hook, each with the hooks its tenants configured.
+#[derive(Default)]
+pub struct Hooks {
+    registered: Vec<Arc<dyn Registered>>,
+}
+
+impl Hooks {
+    /// Monte Carlo and Okta, one hook per configured tenant: reads the secrets and plans the
+    /// pre-ingest transforms. (This is the list of inbound connectors until the binary holds
+    /// the one list of all connectors and calls [`Hooks::register`] itself.)
+    pub async fn build(
+        monte_carlo: &[lily_montecarlo::MonteCarloHookConfig],
+        okta: &[lily_okta::OktaHookConfig],
+    ) -> Result<Hooks, HooksError> {
+        let mut hooks = Hooks::default();
+        hooks
+            .register(
+                monte_carlo
+                    .iter()
+                    .map(lily_montecarlo::MonteCarloHookConfig::build)
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+            .await?;
+        hooks
+            .register(
+                okta.iter()
+                    .map(lily_okta::OktaHookConfig::build)
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+            .await?;
+        Ok(hooks)
+    }
+
+    /// Adds a kind of hook with its tenants' hooks (none is fine: its routes are served all the
+    /// same, and answer 404 for every tenant, so the API's shape does not depend on
+    /// configuration). Plans its SQL once, now, so a broken query fails at start-up.
+    pub async fn register<H: InboundHook>(
+        &mut self,
+        hooks: impl IntoIterator<Item = H>,
+    ) -> Result<(), HooksError> {
+        if self.registered.iter().any(|r| r.source() == H::SOURCE) {
+            return Err(HooksError::DuplicateSource(H::SOURCE));
+        }
+        for (i, route) in H::ROUTES.iter().enumerate() {
+            let problem = if !is_segment(route.path) {
+                Some("not one path segment of lower-case letters, digits and `-`")
+            } else if H::ROUTES[..i].contains(route) {
+                Some("listed twice")
+            } else if self
+                .registered
+                .iter()
+                .any(|r| r.routes().iter().any(|other| other.path == route.path))
+            {
+                Some("another hook's")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(HooksError::BadRoute {
+                    hook: H::SOURCE,
+                    path: route.path,
+                    problem,
+                });
+            }
+        }
+        let mut tenants = HashMap::new();
+        for hook in hooks {
+            let tenant = hook.tenant().to_string();
+            if tenants.insert(tenant.clone(), hook).is_some() {
+                return Err(HooksError::DuplicateTenant {
+                    hook: H::SOURCE,
+                    tenant,
+                });
+            }
+        }
+        let sql = TransformPool::new(H::SQL, H::events_schema())
+            .await
+            .map_err(|message| HooksError::Sql {
+                hook: H::SOURCE,
+                message,
+            })?;
+        self.registered.push(Arc::new(Sender { tenants, sql }));
+        Ok(())
+    }
+
+    /// Every route of every registered hook, with the hook that serves it.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (Arc<dyn Registered>, Route)> + '_ {
+        self.registered
+            .iter()
+            .flat_map(|r| r.routes().iter().map(move |route| (r.clone(), *route)))
+    }
+}
+
+fn is_segment(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A boxed future of a delivery's answer.
+type Answer<'a> = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>>;
+
+/// A kind of hook with its types erased, so the router can hold every kind in one list.
+pub(crate) trait Registered: Send + Sync {
+    fn source(&self) -> &'static str;
+    fn routes(&self) -> &'static [Route];
+    /// One request to one of [`Registered::routes`], for `tenant`.
+    fn handle<'a>(
+        &'a self,
+        ingest: &'a Ingest,
+        tenant: String,
+        method: Method,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Answer<'a>;
+}
+
+/// One kind of hook: its tenants' hooks and its planned SQL.
+struct Sender<H> {
+    tenants: HashMap<String, H>,
+    sql: TransformPool,
+}
+
+impl<H: InboundHook> Registered for Sender<H> {
+    fn source(&self) -> &'static str {
+        H::SOURCE
+    }
+
+    fn routes(&self) -> &'static [Route] {
+        H::ROUTES
+    }
+
+    fn handle<'a>(
+        &'a self,
+        ingest: &'a Ingest,
+        tenant: String,
+        method: Method,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Answer<'a> {
+        Box::pin(self.deliver(ingest, tenant, method, headers, body))
+    }
+}
+
+impl<H: InboundHook> Sender<H> {
+    async fn deliver(
+        &self,
+        s: &Ingest,
+        tenant: String,
+        method: Method,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        let started = Instant::now();
+        let hook = self.tenants.get(&tenant).ok_or_else(not_configured)?;
+        let admission = hook.admit(&Request {
+            method,
+            headers: &HeaderView(&headers),
+            body: &body,
+        });
+        match admission.map_err(|e| refused(H::SOURCE, &tenant, e))? {
+            Admission::Answer(answer) => return Ok(Json(answer).into_response()),
+            Admission::Ingest => {}
+        }
+        let batch = hook
+            .events(&body)
+            .map_err(|e| refused(H::SOURCE, &tenant, e))?;
+        let rows = self.sql.run(batch).await?;
+        let mut client = s.pool.get().await?;
+        let tx = store::begin(&mut client, &tenant).await?;
+        // Sorted, so concurrent deliveries of overlapping keys take their locks in one order.
+        let mut keys: Vec<String> = rows
+            .iter()
+            .filter_map(|r| text(r, H::IDEMPOTENCY_KEY).map(str::to_string))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let new = first_seen(&tx, &tenant, H::SOURCE, &keys).await?;
+        let fresh: Vec<&Map<String, Value>> = rows
+            .iter()
+            .filter(|r| text(r, H::IDEMPOTENCY_KEY).is_some_and(|k| new.contains(k)))
+            .collect();
+        let (action, detail) = match hook.writes() {
+            Writes::Incidents { connection } => {
+                let (written, unattached) =
+                    write_incidents(&tx, &tenant, H::SOURCE, connection, &fresh).await?;
+                let detail = json!({
+                    "events": rows.len(),
+                    "new": new.len(),
+                    "written": written,
+                    "unattached": unattached,
+                });
+                ("incidents.ingest", detail)
+            }
+            Writes::Directory => {
+                let applied = write_directory(&tx, &tenant, &fresh).await?;
+                let detail =
+                    json!({"rows": rows.len(), "new_events": new.len(), "applied": applied});
+                ("directory.ingest", detail)
+            }
+        };
+        store::audit(
+            &tx,
+            &tenant,
+            &format!("webhook:{}", H::SOURCE),
+            action,
+            "",
+            detail.clone(),
+        )
+        .await?;
+        tx.commit().await?;
+        metrics::histogram!("lily_ingest_seconds", "action" => action)
+            .record(started.elapsed().as_secs_f64());
+        Ok(match H::ACK {
+            Ack::Summary => Json(detail).into_response(),
+            Ack::NoContent => StatusCode::NO_CONTENT.into_response(),
+        })
+    }
+}
+
+/// Request headers as hooks read them: a value that is not visible ASCII counts as absent.
+struct HeaderView<'a>(&'a HeaderMap);
+
+impl lily_inbound::Headers for HeaderView<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn not_configured() -> ApiError {
+    ApiError::Client {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such webhook".into(),
+    }
+}
+
+/// A hook's refusal as an answer. Authentication failures say no more than their class (the
+/// reason is logged); a bad body says which field.
+fn refused(hook: &'static str, tenant: &str, e: HookError) -> ApiError {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    match e {
+        HookError::Unauthenticated(reason) => {
+            tracing::info!(tenant, hook, %reason, "Inbound delivery refused.");
+            ApiError::Client {
+                status,
+                code: "unauthorized",
+                message: "invalid credentials".into(),
+            }
+        }
+        HookError::Forbidden(reason) => {
+            tracing::info!(tenant, hook, %reason, "Inbound delivery refused.");
+            ApiError::Client {
+                status,
+                code: "forbidden",
+                message: "forbidden".into(),
+            }
+        }
+        HookError::BadRequest(message) => ApiError::bad_request(message),
+        HookError::BadPayload(message) | HookError::Batch(message) => ApiError::Client {
+            status,
+            code: "bad_payload",
+            message,
+        },
+    }
+}
+
+/// Writes incident rows to `meta.incidents` (see [`Writes::Incidents`] for the columns);
+/// returns how many rows changed and how many name no known table.
+async fn write_incidents(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    source: &str,
+    connection: Option<&str>,
+    rows: &[&Map<String, Value>],
+) -> Result<(u64, u64), ApiError> {
+    let (mut written, mut unattached) = (0u64, 0u64);
+    for r in rows {
+        let asset = match text(r, "table_path") {
+            Some(path) => resolve_table(tx, tenant, connection, path).await?,
+            None => None,
+        };
+        if asset.is_none() {
+            unattached += 1;
+        }
+        let payload: Value = text(r, "payload")
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or(Value::Null);
+        written += tx
+            .execute(
+                "INSERT INTO meta.incidents AS i
+                     (tenant_id, source, external_id, asset_guid, incident_type, severity, status, payload)
+                 VALUES ($1, $2, $3, $4::text::uuid, $5, $6, $7, $8)
+                 ON CONFLICT (tenant_id, source, external_id, asset_guid) DO UPDATE SET
+                     incident_type = EXCLUDED.incident_type, severity = EXCLUDED.severity,
+                     status = EXCLUDED.status, payload = EXCLUDED.payload, updated_at = now()
+                 WHERE (i.incident_type, i.severity, i.status, i.payload)
+                       IS DISTINCT FROM (EXCLUDED.incident_type, EXCLUDED.severity, EXCLUDED.status, EXCLUDED.payload)",
+                &[
+                    &tenant,
+                    &source,
+                    &text(r, "external_id").unwrap_or_default(),
+                    &asset,
+                    &text(r, "incident_type").unwrap_or("unknown"),
+                    &text(r, "severity").unwrap_or("unknown"),
+                    &text(r, "status").unwrap_or("open"),
+                    &payload,
+                ],
+            )
+            .await?;
+    }
+    Ok((written, unattached))
+}
+
+/// Applies principal and membership changes (see [`Writes::Directory`] for the columns), each
+/// only when newer than the stored state; returns how many changed a row.
+async fn write_directory(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    rows: &[&Map<String, Value>],
+) -> Result<u64, ApiError> {
+    let mut applied = 0u64;
+    for r in rows {
+        let published = text(r, "published").unwrap_or_default();
+        applied += match text(r, "change") {
+            Some("principal") => {
+                tx.execute(
+                    "INSERT INTO meta.principals AS p
+                         (tenant_id, kind, external_id, login, display_name, status, last_event_at)
+                     VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'ACTIVE'), $7::text::timestamptz)
+                     ON CONFLICT (tenant_id, kind, external_id) DO UPDATE SET
+                         login = COALESCE(EXCLUDED.login, p.login),
+                         display_name = COALESCE(EXCLUDED.display_name, p.display_name),
+                         status = COALESCE($6, p.status),
+                         last_event_at = EXCLUDED.last_event_at, updated_at = now()
+                     WHERE p.last_event_at < EXCLUDED.last_event_at",
+                    &[
+                        &tenant,
+                        &text(r, "kind"),
+                        &text(r, "external_id"),
+                        &text(r, "login").unwrap_or_default(),
+                        &text(r, "display_name"),
+                        &text(r, "status"),
+                        &published,
+                    ],
+                )
+                .await?
+            }
+            Some("membership") => {
+                tx.execute(
+                    "INSERT INTO meta.group_members AS m (tenant_id, group_id, user_id, member, last_event_at)
+                     VALUES ($1, $2, $3, $4, $5::text::timestamptz)
+                     ON CONFLICT (tenant_id, group_id, user_id) DO UPDATE SET
+                         member = EXCLUDED.member, last_event_at = EXCLUDED.last_event_at
+                     WHERE m.last_event_at < EXCLUDED.last_event_at",
+                    &[
+                        &tenant,
+                        &text(r, "group_id"),
+                        &text(r, "user_id"),
+                        &r.get("member").and_then(Value::as_bool).unwrap_or(false),
+                        &published,
+                    ],
+                )
+                .await?
+            }
+            _ => 0,
+        };
+    }
+    Ok(applied)
+}
+
+/// The guid of the table an incident's `database/schema/table` path names, if it exists.
+async fn resolve_table(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    connection: Option<&str>,
+    path: &str,
+) -> Result<Option<String>, ApiError> {
+    match connection {
+        Some(c) => {
+            let guid = store::asset_guid(tenant, &format!("{c}/{path}")).to_string();
+            let found = tx
+                .query_opt(
+                    "SELECT 1 FROM meta.assets WHERE guid = $1::text::uuid",
+                    &[&guid],
+                )
+                .await?;
+            Ok(found.map(|_| guid))
+        }
+        None => {
+            // Without a configured connection: the one table whose name ends in the path.
+            let rows = tx
+                .query(
+                    "SELECT guid::text FROM meta.assets
+                     WHERE tenant_id = $1 AND type_name IN ('Table', 'View', 'MaterializedView')
+                       AND lower(qualified_name) LIKE '%/' || $2
+                     LIMIT 2",
+                    &[&tenant, &path],
+                )
+                .await?;
+            Ok((rows.len() == 1).then(|| rows[0].get(0)))
+        }
+    }
+}
+
+/// Marks `keys` as applied; returns the ones that were new.
+async fn first_seen(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tenant: &str,
+    source: &str,
+    keys: &[String],
+) -> Result<HashSet<String>, ApiError> {
+    let rows = tx
+        .query(
+            "INSERT INTO lily.inbound_events (tenant_id, source, event_id)
+             SELECT $1, $2, k FROM unnest($3::text[]) AS k
+             ON CONFLICT DO NOTHING RETURNING event_id",
+            &[&tenant, &source, &keys],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn text<'a>(row: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
+    row.get(k).and_then(Value::as_str)
 }
 
 /// Planned copies of one pre-ingest transform. A transform runs one batch at a time, so each
@@ -126,349 +544,82 @@ fn objects(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, ApiError> {
     serde_json::from_slice(&buf).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-/// The configured webhooks.
-pub struct Hooks {
-    monte_carlo: HashMap<String, MonteCarloHook>,
-    okta: HashMap<String, lily_okta::OktaHook>,
-    monte_carlo_sql: TransformPool,
-    okta_sql: TransformPool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Hooks {
-    /// Reads the secrets and plans the pre-ingest transforms.
-    pub async fn build(
-        monte_carlo: &[MonteCarloHookConfig],
-        okta: &[lily_okta::OktaHookConfig],
-    ) -> Result<Hooks, String> {
-        let mut mc = HashMap::new();
-        for c in monte_carlo {
-            let source = SecretSource::from_pair(
-                "secret",
-                c.secret_env.as_deref(),
-                c.secret_file.as_deref(),
-            )
-            .map_err(|e| format!("monte_carlo hook of {}: {e}", c.tenant_id))?;
-            let secret = match (source, c.allow_unsigned) {
-                (Some(s), _) => Some(
-                    s.resolve()
-                        .map_err(|e| format!("monte_carlo hook of {}: {e}", c.tenant_id))?,
-                ),
-                (None, true) => None,
-                (None, false) => {
-                    return Err(format!(
-                        "monte_carlo hook of {}: give secret_env or secret_file, or allow_unsigned = true",
-                        c.tenant_id
-                    ))
-                }
-            };
-            let hook = MonteCarloHook {
-                secret,
-                connection: c.connection_qualified_name.clone(),
-                account_id: c.account_id.clone(),
-            };
-            if mc.insert(c.tenant_id.clone(), hook).is_some() {
-                return Err(format!("two monte_carlo hooks for tenant {}", c.tenant_id));
-            }
+    /// A hook whose routes are all that matters here.
+    struct Routed<const BAD: bool>;
+
+    impl<const BAD: bool> InboundHook for Routed<BAD> {
+        const SOURCE: &'static str = if BAD { "bad" } else { "clash" };
+        const ROUTES: &'static [Route] = &[Route {
+            method: Method::Post,
+            path: if BAD { "Not/One" } else { "okta" },
+        }];
+        const SQL: &'static str = "SELECT 1";
+        const IDEMPOTENCY_KEY: &'static str = "k";
+        const ACK: Ack = Ack::NoContent;
+
+        fn events_schema() -> arrow_schema::SchemaRef {
+            Arc::new(arrow_schema::Schema::empty())
         }
-        let mut ok = HashMap::new();
-        for c in okta {
-            let hook = c.build().map_err(|e| e.to_string())?;
-            if ok.insert(c.tenant_id.clone(), hook).is_some() {
-                return Err(format!("two okta hooks for tenant {}", c.tenant_id));
-            }
+
+        fn tenant(&self) -> &str {
+            "acme"
         }
-        Ok(Hooks {
-            monte_carlo: mc,
-            okta: ok,
-            monte_carlo_sql: TransformPool::new(MONTE_CARLO_SQL, lily_montecarlo::events_schema())
-                .await?,
-            okta_sql: TransformPool::new(OKTA_SQL, lily_okta::events_schema()).await?,
-        })
-    }
-}
 
-fn not_configured() -> ApiError {
-    ApiError::Client {
-        status: StatusCode::NOT_FOUND,
-        code: "not_found",
-        message: "no such webhook".into(),
-    }
-}
-
-/// Marks `keys` as applied; returns the ones that were new.
-async fn first_seen(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    source: &str,
-    keys: &[String],
-) -> Result<std::collections::HashSet<String>, ApiError> {
-    let rows = tx
-        .query(
-            "INSERT INTO lily.inbound_events (tenant_id, source, event_id)
-             SELECT $1, $2, k FROM unnest($3::text[]) AS k
-             ON CONFLICT DO NOTHING RETURNING event_id",
-            &[&tenant, &source, &keys],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-fn text<'a>(row: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
-    row.get(k).and_then(Value::as_str)
-}
-
-pub(crate) async fn monte_carlo(
-    State(s): State<Arc<crate::api::Ingest>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let started = Instant::now();
-    let hook = s
-        .hooks
-        .monte_carlo
-        .get(&tenant)
-        .ok_or_else(not_configured)?;
-    let signature = headers.get("x-mcd-signature").and_then(|v| v.to_str().ok());
-    // Monte Carlo's own sample answers a bad signature with 403.
-    lily_montecarlo::authenticate(
-        hook.secret.as_ref().map(|s| s.expose().as_bytes()),
-        &body,
-        signature,
-    )
-    .map_err(|e| {
-        tracing::info!(tenant, reason = %e, "Monte Carlo delivery refused");
-        ApiError::Client {
-            status: StatusCode::FORBIDDEN,
-            code: "forbidden",
-            message: "forbidden".into(),
+        fn admit(&self, _: &Request<'_>) -> Result<Admission, HookError> {
+            Ok(Admission::Ingest)
         }
-    })?;
-    let batch = lily_montecarlo::events_batch(&body).map_err(|e| ApiError::Client {
-        status: StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-        code: "bad_payload",
-        message: e.to_string(),
-    })?;
-    let rows = s.hooks.monte_carlo_sql.run(batch).await?;
-    if let Some(want) = &hook.account_id {
-        if rows
-            .iter()
-            .any(|r| text(r, "account_id") != Some(want.as_str()))
-        {
-            return Err(ApiError::Client {
-                status: StatusCode::FORBIDDEN,
-                code: "forbidden",
-                message: "forbidden".into(),
-            });
+
+        fn events(&self, _: &[u8]) -> Result<RecordBatch, HookError> {
+            Err(HookError::Batch("unused".into()))
+        }
+
+        fn writes(&self) -> Writes<'_> {
+            Writes::Directory
         }
     }
-    let mut client = s.pool.get().await?;
-    let tx = store::begin(&mut client, &tenant).await?;
-    let keys: Vec<String> = rows
-        .iter()
-        .filter_map(|r| text(r, "event_key").map(str::to_string))
-        .collect();
-    let new = first_seen(&tx, &tenant, "monte_carlo", &keys).await?;
-    let (mut written, mut unattached) = (0u64, 0u64);
-    for r in rows
-        .iter()
-        .filter(|r| text(r, "event_key").is_some_and(|k| new.contains(k)))
-    {
-        let asset = match text(r, "table_path") {
-            Some(path) => resolve_table(&tx, &tenant, hook.connection.as_deref(), path).await?,
-            None => None,
-        };
-        if asset.is_none() {
-            unattached += 1;
-        }
-        let payload: Value = text(r, "payload")
-            .and_then(|p| serde_json::from_str(p).ok())
-            .unwrap_or(Value::Null);
-        written += tx
-            .execute(
-                "INSERT INTO meta.incidents AS i
-                     (tenant_id, source, external_id, asset_guid, incident_type, severity, status, payload)
-                 VALUES ($1, 'monte_carlo', $2, $3::text::uuid, $4, $5, $6, $7)
-                 ON CONFLICT (tenant_id, source, external_id, asset_guid) DO UPDATE SET
-                     incident_type = EXCLUDED.incident_type, severity = EXCLUDED.severity,
-                     status = EXCLUDED.status, payload = EXCLUDED.payload, updated_at = now()
-                 WHERE (i.incident_type, i.severity, i.status, i.payload)
-                       IS DISTINCT FROM (EXCLUDED.incident_type, EXCLUDED.severity, EXCLUDED.status, EXCLUDED.payload)",
-                &[
-                    &tenant,
-                    &text(r, "external_id").unwrap_or_default(),
-                    &asset,
-                    &text(r, "incident_type").unwrap_or("unknown"),
-                    &text(r, "severity").unwrap_or("unknown"),
-                    &text(r, "status").unwrap_or("open"),
-                    &payload,
-                ],
-            )
-            .await?;
-    }
-    let detail = json!({"events": rows.len(), "new": new.len(), "written": written, "unattached": unattached});
-    store::audit(
-        &tx,
-        &tenant,
-        "webhook:monte_carlo",
-        "incidents.ingest",
-        "",
-        detail.clone(),
-    )
-    .await?;
-    tx.commit().await?;
-    metrics::histogram!("lily_ingest_seconds", "action" => "incidents.ingest")
-        .record(started.elapsed().as_secs_f64());
-    Ok(Json(detail))
-}
 
-/// The guid of the table a Monte Carlo `database/schema/table` path names, if it exists.
-async fn resolve_table(
-    tx: &deadpool_postgres::Transaction<'_>,
-    tenant: &str,
-    connection: Option<&str>,
-    path: &str,
-) -> Result<Option<String>, ApiError> {
-    match connection {
-        Some(c) => {
-            let guid = store::asset_guid(tenant, &format!("{c}/{path}")).to_string();
-            let found = tx
-                .query_opt(
-                    "SELECT 1 FROM meta.assets WHERE guid = $1::text::uuid",
-                    &[&guid],
-                )
-                .await?;
-            Ok(found.map(|_| guid))
-        }
-        None => {
-            // Without a configured connection: the one table whose name ends in the path.
-            let rows = tx
-                .query(
-                    "SELECT guid::text FROM meta.assets
-                     WHERE tenant_id = $1 AND type_name IN ('Table', 'View', 'MaterializedView')
-                       AND lower(qualified_name) LIKE '%/' || $2
-                     LIMIT 2",
-                    &[&tenant, &path],
-                )
-                .await?;
-            Ok((rows.len() == 1).then(|| rows[0].get(0)))
-        }
-    }
-}
+    #[tokio::test]
+    async fn registration_refuses_what_would_be_ambiguous() {
+        let unsigned: lily_montecarlo::MonteCarloHookConfig =
+            toml::from_str("tenant_id = \"acme\"\nallow_unsigned = true").unwrap();
+        let err = Hooks::build(&[unsigned.clone(), unsigned], &[])
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.to_string(), "two monte_carlo hooks for tenant acme");
 
-pub(crate) async fn okta_challenge(
-    State(s): State<Arc<crate::api::Ingest>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    s.hooks.okta.get(&tenant).ok_or_else(not_configured)?;
-    let value = headers
-        .get("x-okta-verification-challenge")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    lily_okta::challenge(value)
-        .map(Json)
-        .map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-pub(crate) async fn okta_events(
-    State(s): State<Arc<crate::api::Ingest>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<StatusCode, ApiError> {
-    let started = Instant::now();
-    let hook = s.hooks.okta.get(&tenant).ok_or_else(not_configured)?;
-    hook.check(
-        headers
-            .get(hook.header.as_str())
-            .and_then(|v| v.to_str().ok()),
-    )
-    .map_err(|e| {
-        tracing::info!(tenant, reason = %e, "Okta delivery refused");
-        ApiError::Client {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: "invalid credentials".into(),
-        }
-    })?;
-    let batch = lily_okta::events_batch(&body).map_err(|e| ApiError::Client {
-        status: StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-        code: "bad_payload",
-        message: e.to_string(),
-    })?;
-    let rows = s.hooks.okta_sql.run(batch).await?;
-    let mut client = s.pool.get().await?;
-    let tx = store::begin(&mut client, &tenant).await?;
-    let mut keys: Vec<String> = rows
-        .iter()
-        .filter_map(|r| text(r, "event_uuid").map(str::to_string))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let new = first_seen(&tx, &tenant, "okta", &keys).await?;
-    let mut applied = 0u64;
-    for r in rows
-        .iter()
-        .filter(|r| text(r, "event_uuid").is_some_and(|k| new.contains(k)))
-    {
-        let published = text(r, "published").unwrap_or_default();
-        applied += match text(r, "change") {
-            Some("principal") => {
-                tx.execute(
-                    "INSERT INTO meta.principals AS p
-                         (tenant_id, kind, external_id, login, display_name, status, last_event_at)
-                     VALUES ($1, $2, $3, $4, $5, COALESCE($6, 'ACTIVE'), $7::text::timestamptz)
-                     ON CONFLICT (tenant_id, kind, external_id) DO UPDATE SET
-                         login = COALESCE(EXCLUDED.login, p.login),
-                         display_name = COALESCE(EXCLUDED.display_name, p.display_name),
-                         status = COALESCE($6, p.status),
-                         last_event_at = EXCLUDED.last_event_at, updated_at = now()
-                     WHERE p.last_event_at < EXCLUDED.last_event_at",
-                    &[
-                        &tenant,
-                        &text(r, "kind"),
-                        &text(r, "external_id"),
-                        &text(r, "login").unwrap_or_default(),
-                        &text(r, "display_name"),
-                        &text(r, "status"),
-                        &published,
-                    ],
-                )
-                .await?
-            }
-            Some("membership") => {
-                tx.execute(
-                    "INSERT INTO meta.group_members AS m (tenant_id, group_id, user_id, member, last_event_at)
-                     VALUES ($1, $2, $3, $4, $5::text::timestamptz)
-                     ON CONFLICT (tenant_id, group_id, user_id) DO UPDATE SET
-                         member = EXCLUDED.member, last_event_at = EXCLUDED.last_event_at
-                     WHERE m.last_event_at < EXCLUDED.last_event_at",
-                    &[
-                        &tenant,
-                        &text(r, "group_id"),
-                        &text(r, "user_id"),
-                        &r.get("member").and_then(Value::as_bool).unwrap_or(false),
-                        &published,
-                    ],
-                )
-                .await?
-            }
-            _ => 0,
-        };
+        let mut hooks = Hooks::build(&[], &[]).await.unwrap();
+        let served: Vec<(Method, &str)> = hooks.routes().map(|(_, r)| (r.method, r.path)).collect();
+        assert_eq!(
+            served,
+            [
+                (Method::Post, "monte-carlo"),
+                (Method::Get, "okta"),
+                (Method::Post, "okta")
+            ]
+        );
+        let again = hooks.register(Vec::<lily_okta::OktaHook>::new()).await;
+        assert!(matches!(again, Err(HooksError::DuplicateSource("okta"))));
+        let clash = hooks.register(Vec::<Routed<false>>::new()).await;
+        assert_eq!(
+            clash.err().unwrap().to_string(),
+            "the clash hook's route /webhooks/okta: another hook's"
+        );
+        let bad = hooks.register(Vec::<Routed<true>>::new()).await;
+        assert!(
+            matches!(
+                bad,
+                Err(HooksError::BadRoute {
+                    path: "Not/One",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+        assert_eq!(hooks.routes().count(), 3, "nothing half-registered");
     }
-    store::audit(
-        &tx,
-        &tenant,
-        "webhook:okta",
-        "directory.ingest",
-        "",
-        json!({"rows": rows.len(), "new_events": new.len(), "applied": applied}),
-    )
-    .await?;
-    tx.commit().await?;
-    metrics::histogram!("lily_ingest_seconds", "action" => "directory.ingest")
-        .record(started.elapsed().as_secs_f64());
-    // Okta wants an empty 200/204 within 3 s.
-    Ok(StatusCode::NO_CONTENT)
 }

@@ -65,7 +65,7 @@ async fn start(tune: impl FnOnce(&mut LoadsSettings), prepare: impl FnOnce(&Path
         .unwrap();
     let mut settings = LoadsSettings::new(&spool);
     tune(&mut settings);
-    let loads = Loads::new(settings, pg).unwrap();
+    let loads = Loads::new(settings, cluster.connection("ingest")).unwrap();
     loads.start().await.unwrap();
     let ingest = lily_ingest::Ingest::with_loads(
         pool,

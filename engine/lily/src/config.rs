@@ -1,11 +1,14 @@
 //! The engine's config file (TOML). Unknown keys are errors; secrets are never in the file,
 //! only the name of the environment variable or file that holds them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lily_replication::{ConnectionConfig, Secret, SourceSpec, SslMode};
+use lily_pg::{ConnectionConfig, SecretSource, SslMode};
+use lily_replication::SourceSpec;
 use serde::Deserialize;
+use toml::Spanned;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -19,7 +22,8 @@ pub struct FileConfig {
     /// The HTTP endpoint for /metrics, /healthz and /readyz.
     #[serde(default)]
     pub http: HttpConfig,
-    /// Consumers; every one receives every batch.
+    /// Consumers; every one receives every batch. Each table has `type` (a registered consumer,
+    /// see `lily connectors`), `name`, and that consumer's settings.
     #[serde(default, rename = "consumer")]
     pub consumers: Vec<ConsumerConfig>,
     /// Folder of pipeline files (`*.toml`), relative to this file. Their source tables are
@@ -30,16 +34,23 @@ pub struct FileConfig {
     /// The folder this file was read from (set by `load`, not written in the file).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file's text, to turn positions into lines (set by `load`).
+    #[serde(skip)]
+    pub text: String,
+    /// The pipelines folder resolved against `base_dir` (set by `load`).
+    #[serde(skip)]
+    pipelines_abs: Option<PathBuf>,
 }
 
 /// Where and what to capture.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Name of an environment variable holding a full `postgres://` URL (password included).
+    /// Name of an environment variable holding the connection string, as libpq takes it: a
+    /// `postgres://` URL or `key=value` pairs (password included, or found in the passfile).
     /// Use either this or host/port/user/dbname.
     pub url_env: Option<String>,
-    /// Server host name or address.
+    /// Server host name or address, or the directory of a unix-domain socket (`/var/run/postgresql`).
     pub host: Option<String>,
     /// Server port.
     #[serde(default = "default_port")]
@@ -57,6 +68,12 @@ pub struct SourceConfig {
     pub sslmode: String,
     /// PEM file of the CA for verify-full.
     pub sslrootcert: Option<PathBuf>,
+    /// A `.pgpass` file to read the password from when none is given (default `PGPASSFILE`,
+    /// then `~/.pgpass`).
+    pub passfile: Option<PathBuf>,
+    /// Prefix of the `application_name` of every connection (`<prefix>-capture`,
+    /// `<prefix>-ledger`, ...); default `lily`.
+    pub application_name: Option<String>,
     /// Replication slot name (a-z, 0-9, _).
     pub slot: String,
     /// Publication name (a-z, 0-9, _); created if missing.
@@ -145,29 +162,89 @@ impl Default for HttpConfig {
     }
 }
 
-/// One consumer of the change stream.
+/// One `[[consumer]]` table: `type`, `name` and the consumer's own settings, each key with its
+/// position so a problem is reported at its line.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ConsumerConfig {
-    /// Writes every change as a JSON line to stdout.
-    Log {
-        /// Name used in logs and metrics.
-        name: String,
-    },
-    /// Applies every change to another PostgreSQL database with the same tables.
-    Mirror {
-        /// Name used in logs and metrics.
-        name: String,
-        /// Name of an environment variable holding the target's `postgres://` URL.
-        target_url_env: String,
-    },
-}
+#[serde(transparent)]
+pub struct ConsumerConfig(Spanned<BTreeMap<Spanned<String>, toml::Value>>);
 
 impl ConsumerConfig {
+    fn get(&self, key: &str) -> Option<&toml::Value> {
+        self.0
+            .get_ref()
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v)
+    }
+
+    /// The consumer type (`type = "..."`).
+    pub fn kind(&self) -> &str {
+        self.get("type")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Name used in logs and metrics.
     pub fn name(&self) -> &str {
-        match self {
-            ConsumerConfig::Log { name } | ConsumerConfig::Mirror { name, .. } => name,
+        self.get("name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    }
+
+    /// Everything but `type` and `name`: the connector's settings.
+    pub fn settings(&self) -> toml::Value {
+        toml::Value::Table(
+            self.0
+                .get_ref()
+                .iter()
+                .filter(|(k, _)| !matches!(k.get_ref().as_str(), "type" | "name"))
+                .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// The byte offset of `key` (or of the table when it has no such key).
+    fn offset_of(&self, key: Option<&str>) -> usize {
+        key.and_then(|key| {
+            self.0
+                .get_ref()
+                .keys()
+                .find(|k| k.get_ref() == key)
+                .map(|k| k.span().start)
+        })
+        .unwrap_or(self.0.span().start)
+    }
+
+    /// Pure checks against the registry: `type` names a registered consumer, `name` is there,
+    /// the settings fit. The message starts with `line N:` of the offending key.
+    fn validate(&self, text: &str, registry: &lily_connector::Registry) -> Result<(), String> {
+        let line = |key: Option<&str>| {
+            let at = self.offset_of(key).min(text.len());
+            text[..at].bytes().filter(|b| *b == b'\n').count() + 1
+        };
+        if self.name().is_empty() {
+            return Err(format!(
+                "line {}: [[consumer]] needs name = \"...\"",
+                line(Some("name"))
+            ));
         }
+        let Some(entry) = registry.consumer(self.kind()) else {
+            return Err(format!(
+                "line {}: consumer {:?}: unknown type {:?}; known types: {}",
+                line(Some("type")),
+                self.name(),
+                self.kind(),
+                registry.consumer_types().join(", ")
+            ));
+        };
+        entry.check(&self.settings()).map_err(|e| {
+            format!(
+                "line {}: consumer {:?} ({}): {e}",
+                line(e.key.as_deref()),
+                self.name(),
+                self.kind()
+            )
+        })
     }
 }
 
@@ -175,11 +252,19 @@ impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        let mut cfg: FileConfig =
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut cfg =
+            FileConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         cfg.base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        cfg.pipelines_abs = cfg.pipelines_dir();
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Parses the text (syntax, unknown keys); [`FileConfig::validate`] checks the rest.
+    pub fn parse(text: &str) -> Result<FileConfig, toml::de::Error> {
+        let mut cfg: FileConfig = toml::from_str(text)?;
+        cfg.text = text.to_string();
         Ok(cfg)
     }
 
@@ -197,14 +282,27 @@ impl FileConfig {
         if s.password_env.is_some() && s.password_file.is_some() {
             return Err("[source]: give password_env or password_file, not both".into());
         }
-        s.sslmode
+        let mode = s
+            .sslmode
             .parse::<SslMode>()
             .map_err(|e| format!("[source] sslmode: {e}"))?;
+        if mode == SslMode::VerifyFull && s.host.is_some() && s.sslrootcert.is_none() {
+            return Err(
+                "[source]: sslmode = \"verify-full\" needs sslrootcert (the CA's PEM file)".into(),
+            );
+        }
+        if let Some(name) = &s.application_name {
+            if name.is_empty() || name.len() > 40 || !name.is_ascii() {
+                return Err("[source] application_name: use 1-40 ASCII characters".into());
+            }
+        }
         if let Some(i) = &self.ingest {
             i.validate().map_err(|e| format!("[ingest]: {e}"))?;
         }
+        let registry = lily_registry::registry();
         let mut names = std::collections::HashSet::new();
         for c in &self.consumers {
+            c.validate(&self.text, &registry)?;
             if !names.insert(c.name()) {
                 return Err(format!("consumer name {:?} is used twice", c.name()));
             }
@@ -214,11 +312,30 @@ impl FileConfig {
 
     fn batch_capture_check(&self) -> Result<(), String> {
         let mut cfg = lily_cdc::CaptureConfig::new(
-            ConnectionConfig::from_url("postgres://x@localhost/x").expect("static URL"),
+            ConnectionConfig::new("localhost", "x", "x"),
             self.source_spec(),
         );
         self.apply_batch(&mut cfg);
         cfg.validate()
+    }
+
+    /// What `lily run` runs: capture (secrets resolved), consumers, pipelines, HTTP, ingest.
+    pub(crate) fn engine_spec(&self) -> anyhow::Result<crate::engine::Spec<'_>> {
+        Ok(crate::engine::Spec {
+            capture: self.capture_config()?,
+            consumers: self
+                .consumers
+                .iter()
+                .map(|c| crate::engine::ConsumerSpec {
+                    kind: c.kind().to_string(),
+                    name: c.name().to_string(),
+                    settings: c.settings(),
+                })
+                .collect(),
+            pipelines_dir: self.pipelines_abs.as_deref(),
+            listen: &self.http.listen,
+            ingest: self.ingest.as_ref(),
+        })
     }
 
     /// The pipelines folder, resolved against the config file's folder.
@@ -248,34 +365,45 @@ impl FileConfig {
     pub fn capture_config(&self) -> anyhow::Result<lily_cdc::CaptureConfig> {
         let s = &self.source;
         let connection = if let Some(var) = &s.url_env {
-            let url = std::env::var(var).map_err(|_| {
-                anyhow::anyhow!("[source] url_env: environment variable {var} is not set")
-            })?;
-            ConnectionConfig::from_url(&url)
-                .map_err(|e| anyhow::anyhow!("[source] URL in {var}: {e}"))?
-        } else {
-            let password = match (&s.password_env, &s.password_file) {
-                (Some(var), _) => std::env::var(var).map_err(|_| {
-                    anyhow::anyhow!("[source] password_env: environment variable {var} is not set")
-                })?,
-                (_, Some(path)) => std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("[source] password_file {}: {e}", path.display()))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-                _ => String::new(),
-            };
-            ConnectionConfig {
-                host: s.host.clone().unwrap_or_default(),
-                port: s.port,
-                user: s.user.clone().unwrap_or_default(),
-                password: Secret::new(password),
-                dbname: s.dbname.clone().unwrap_or_default(),
-                sslmode: s.sslmode.parse().map_err(|e: String| anyhow::anyhow!(e))?,
-                ssl_root_cert: s.sslrootcert.clone(),
-                application_name: "lily".into(),
-                connect_timeout: Duration::from_secs(10),
+            let url = SecretSource::Env(var.clone())
+                .resolve()
+                .map_err(|e| anyhow::anyhow!("[source] url_env: {e}"))?;
+            // The parser's messages name the key, never a value, so no password is echoed.
+            let mut c = ConnectionConfig::parse(url.expose())
+                .map_err(|e| anyhow::anyhow!("[source] connection string in {var}: {e}"))?;
+            if c.passfile.is_none() {
+                c.passfile = s.passfile.clone();
             }
+            c
+        } else {
+            let source = SecretSource::from_pair(
+                "password",
+                s.password_env.as_deref(),
+                s.password_file.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("[source] {e}"))?;
+            let password = match source {
+                Some(src) => src
+                    .resolve()
+                    .map_err(|e| anyhow::anyhow!("[source] password: {e}"))?,
+                None => Default::default(),
+            };
+            let mut c = ConnectionConfig::new(
+                s.host.as_deref().unwrap_or_default(),
+                s.user.as_deref().unwrap_or_default(),
+                s.dbname.as_deref().unwrap_or_default(),
+            );
+            c.port = s.port;
+            c.password = password;
+            c.sslmode = s.sslmode.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            c.ssl_root_cert = s.sslrootcert.clone();
+            c.passfile = s.passfile.clone();
+            c
         };
+        let mut connection = connection;
+        if let Some(name) = &s.application_name {
+            connection.application_name = name.clone();
+        }
         let mut cfg = lily_cdc::CaptureConfig::new(connection, self.source_spec());
         self.apply_batch(&mut cfg);
         Ok(cfg)
@@ -303,9 +431,43 @@ name = "stdout"
 
     #[test]
     fn accepts_a_good_file() {
-        let cfg: FileConfig = toml::from_str(GOOD).unwrap();
+        let cfg = FileConfig::parse(GOOD).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.consumers.len(), 1);
+        assert_eq!(cfg.consumers[0].kind(), "log");
+        assert_eq!(cfg.consumers[0].name(), "stdout");
+    }
+
+    #[test]
+    fn consumer_problems_name_their_line() {
+        let check = |text: &str| FileConfig::parse(text).unwrap().validate().unwrap_err();
+        let e = check(&GOOD.replace("type = \"log\"", "type = \"fax\""));
+        assert!(
+            e.starts_with(
+                "line 12: consumer \"stdout\": unknown type \"fax\"; known types: log, mirror"
+            ),
+            "{e}"
+        );
+        let e = check(&GOOD.replace("name = \"stdout\"", "name = \"stdout\"\nlabel = \"x\""));
+        assert!(
+            e.starts_with("line 14: consumer \"stdout\" (log): label: unknown field `label`"),
+            "{e}"
+        );
+        let mirror = GOOD.replace("type = \"log\"", "type = \"mirror\"");
+        let e = check(&mirror);
+        assert!(e.contains("consumer \"stdout\" (mirror): "), "{e}");
+        assert!(e.contains("target_url_env"), "{e}");
+        let e =
+            check(&mirror.replace("name = \"stdout\"", "name = \"stdout\"\ntarget_url_env = 5"));
+        assert!(
+            e.starts_with("line 14: consumer \"stdout\" (mirror): target_url_env: "),
+            "{e}"
+        );
+        let ok = mirror.replace(
+            "name = \"stdout\"",
+            "name = \"stdout\"\ntarget_url_env = \"X\"",
+        );
+        FileConfig::parse(&ok).unwrap().validate().unwrap();
     }
 
     #[test]
@@ -324,10 +486,8 @@ name = "stdout"
             .to_string();
         assert!(err.contains("password"), "{err}");
         let bad_slot = GOOD.replace("slot = \"lily_main\"", "slot = \"x'; drop\"");
-        let cfg: FileConfig = toml::from_str(&bad_slot).unwrap();
+        let cfg = FileConfig::parse(&bad_slot).unwrap();
         assert!(cfg.validate().unwrap_err().contains("slot"));
-        let bad_consumer = GOOD.replace("type = \"log\"", "type = \"fax\"");
-        assert!(toml::from_str::<FileConfig>(&bad_consumer).is_err());
     }
 
     #[test]

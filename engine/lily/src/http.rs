@@ -1,4 +1,5 @@
-//! /metrics (Prometheus text), /healthz (the process is up) and /readyz (capture is streaming).
+//! /metrics (Prometheus text), /healthz (the process is up) and /readyz (capture is streaming
+//! and every pipeline runs).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,17 +34,25 @@ struct AppState {
     ready: Arc<AtomicBool>,
 }
 
-/// Serves until the process ends.
+/// Binds the HTTP address. A port that cannot be bound is fatal for the engine: without it
+/// there are no metrics, probes or ingest API.
+pub async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} ([http] listen): {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, "HTTP endpoint listening.");
+    Ok(listener)
+}
+
+/// Serves until `stop` turns true (or its sender is dropped), then lets requests in flight
+/// finish.
 pub async fn serve(
-    listen: &str,
+    listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
     ingest: Option<Router>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    tracing::info!(address = %listener.local_addr()?, "HTTP endpoint listening.");
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -53,7 +62,11 @@ pub async fn serve(
         Some(routes) => app.merge(routes),
         None => app,
     };
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await?;
     Ok(())
 }
 

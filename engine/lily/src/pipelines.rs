@@ -6,62 +6,57 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lily_cdc::Capture;
-use lily_pipeline::{Planned, Problem};
-use lily_replication::ConnectionConfig;
+use lily_pipeline::{Loaded, Planned, Problem};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-/// A `tokio_postgres` config for normal (non-replication) connections to the source.
-pub(crate) fn pg_config(c: &ConnectionConfig) -> tokio_postgres::Config {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&c.host)
-        .port(c.port)
-        .user(&c.user)
-        .dbname(&c.dbname)
-        .application_name("lily")
-        .connect_timeout(c.connect_timeout);
-    if !c.password.expose().is_empty() {
-        cfg.password(c.password.expose());
-    }
-    cfg
+/// An ordinary connection to the metastore for `role` (TLS and session settings from `lily_pg`).
+pub(crate) async fn connect(
+    cfg: &lily_pg::ConnectionConfig,
+    role: lily_pg::Role,
+) -> anyhow::Result<tokio_postgres::Client> {
+    Ok(lily_pg::connect(cfg, role).await?)
 }
 
-pub(crate) async fn connect(
-    cfg: &tokio_postgres::Config,
-) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .context("connecting to the metastore")?;
-    tokio::spawn(async move {
-        if let Err(error) = conn.await {
-            tracing::debug!(%error, "catalog connection ended");
-        }
-    });
-    Ok(client)
+/// Loads and plans every pipeline in `dir`: each one planned (with its file), or its problems.
+pub(crate) async fn plan_each(
+    dir: &Path,
+    pg: &lily_pg::ConnectionConfig,
+    registry: &lily_connector::Registry,
+) -> anyhow::Result<Vec<Result<(Loaded, Planned), Vec<Problem>>>> {
+    let catalog = connect(pg, lily_pg::Role::Catalog).await?;
+    let reader = lily_transform::MetastoreReader::new(pg.clone());
+    let ctx = lily_pipeline::PlanContext {
+        catalog: &catalog,
+        metastore: pg.clone(),
+        functions: lily_transform::functions(&reader),
+        registry,
+    };
+    let mut out = Vec::new();
+    for loaded in lily_pipeline::load_dir(dir, registry).map_err(|p| anyhow::anyhow!("{p}"))? {
+        out.push(match loaded {
+            Ok(l) => match lily_pipeline::plan(&l, &ctx).await {
+                Ok(p) => Ok((l, p)),
+                Err(p) => Err(p),
+            },
+            Err(p) => Err(p),
+        });
+    }
+    Ok(out)
 }
 
 /// Loads and plans every pipeline in `dir`. Returns the ones that planned and every problem
 /// of the others.
 pub(crate) async fn plan_all(
     dir: &Path,
-    pg: &tokio_postgres::Config,
+    pg: &lily_pg::ConnectionConfig,
+    registry: &lily_connector::Registry,
 ) -> anyhow::Result<(Vec<Planned>, Vec<Problem>)> {
-    let catalog = connect(pg).await?;
-    let reader = lily_transform::MetastoreReader::new(pg.clone());
-    let ctx = lily_pipeline::PlanContext {
-        catalog: &catalog,
-        metastore: pg.clone(),
-        functions: lily_transform::functions(&reader),
-    };
     let mut planned = Vec::new();
     let mut problems = Vec::new();
-    for loaded in lily_pipeline::load_dir(dir).map_err(|p| anyhow::anyhow!("{p}"))? {
-        match loaded {
-            Ok(l) => match lily_pipeline::plan(&l, &ctx).await {
-                Ok(p) => planned.push(p),
-                Err(p) => problems.extend(p),
-            },
+    for p in plan_each(dir, pg, registry).await? {
+        match p {
+            Ok((_, p)) => planned.push(p),
             Err(p) => problems.extend(p),
         }
     }
@@ -103,8 +98,8 @@ pub(crate) fn publication_filters(
 }
 
 /// `lily validate`: every problem, one per line; an error when there is any.
-pub(crate) async fn validate(dir: &Path, pg: &tokio_postgres::Config) -> anyhow::Result<()> {
-    let (planned, problems) = plan_all(dir, pg).await?;
+pub(crate) async fn validate(dir: &Path, pg: &lily_pg::ConnectionConfig) -> anyhow::Result<()> {
+    let (planned, problems) = plan_all(dir, pg, &lily_registry::registry()).await?;
     for p in &planned {
         println!(
             "ok: pipeline {} ({} → {})",
@@ -128,7 +123,7 @@ pub(crate) async fn validate(dir: &Path, pg: &tokio_postgres::Config) -> anyhow:
 pub(crate) async fn start_all(
     planned: Vec<Planned>,
     capture: &mut Capture,
-    pg: &tokio_postgres::Config,
+    pg: &lily_pg::ConnectionConfig,
     slot: &str,
     stop: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
@@ -153,7 +148,7 @@ pub(crate) async fn start_all(
 }
 
 async fn prune_ledgers(
-    pg: tokio_postgres::Config,
+    pg: lily_pg::ConnectionConfig,
     slot: String,
     ledgers: Vec<Arc<lily_delivery::Ledger>>,
     mut stop: watch::Receiver<bool>,
@@ -164,7 +159,7 @@ async fn prune_ledgers(
             _ = stop.wait_for(|s| *s) => return,
         }
         let confirmed = async {
-            let client = connect(&pg).await?;
+            let client = connect(&pg, lily_pg::Role::Catalog).await?;
             let row = client
                 .query_opt(
                     "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",

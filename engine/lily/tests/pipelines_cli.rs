@@ -342,6 +342,130 @@ async fn dead_letters_are_listed_and_replayed_once_the_receiver_is_fixed() {
     );
 }
 
+/// A replay that fails again (here past the sink's `max_attempts = 2`, with its backoff)
+/// updates the letter in place and leaves it pending; `--id` replays only that letter; once the
+/// receiver is fixed a replay marks both replayed and records them delivered in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_replay_updates_the_letter_in_place_and_leaves_it_pending() {
+    let cluster = PgCluster::start().await.unwrap();
+    cluster.create_database("meta").await.unwrap();
+    let url = cluster.url("meta");
+    let client = cluster.connect("meta").await.unwrap();
+    lily_metastore::migrate(&client).await.unwrap();
+    // Two letters as live delivery leaves them: the row and its `dead_lettered` ledger entry.
+    client
+        .batch_execute(
+            r#"INSERT INTO lily.dead_letters
+                   (pipeline, sink, record_id, commit_lsn, commit_ts, order_key, record, error, attempts)
+               VALUES ('tags', 'hook', 'tags:0/100:0', '0/100', now(), 'g1',
+                       '{"tag": "A", "asset_guid": "g1"}', '422 first', 2),
+                      ('tags', 'hook', 'tags:0/200:0', '0/200', now(), 'g2',
+                       '{"tag": "B", "asset_guid": "g2"}', '404 first', 2);
+               INSERT INTO lily.delivery_ledger (pipeline, sink, record_id, commit_lsn, outcome)
+               VALUES ('tags', 'hook', 'tags:0/100:0', '0/100', 'dead_lettered'),
+                      ('tags', 'hook', 'tags:0/200:0', '0/200', 'dead_lettered');"#,
+        )
+        .await
+        .unwrap();
+    let first: i64 = client
+        .query_one("SELECT min(id) FROM lily.dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let fake = FakeReceiver::start(vec![KEY.to_vec()]).await;
+    fake.push_response(Response::Status(503));
+    fake.push_response(Response::Status(503));
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("pipelines");
+    std::fs::create_dir(&p).unwrap();
+    write(dir.path(), "lily.toml", CONFIG);
+    write(
+        &p,
+        "tags.sql",
+        "SELECT tag, asset_guid, _commit_lsn FROM classifications WHERE _op = 'insert'",
+    );
+    write(&p, "tags.toml", &webhook_pipeline("tags.sql", ""));
+    let secret = whsec(KEY);
+    let hook = fake.url();
+    let env = [
+        ("LILY_SRC_URL", url.as_str()),
+        ("LILY_CLI_HOOK_URL", hook.as_str()),
+        ("LILY_CLI_HOOK_SECRET", secret.as_str()),
+    ];
+    let config = dir.path().join("lily.toml");
+    let c = config.to_str().unwrap();
+    let list = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = lily(&[&["dlq", "list", "-c", c], args].concat(), &env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let id = first.to_string();
+    let failed = lily(&["dlq", "replay", "--id", &id, "-c", c], &env);
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert!(!failed.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("dead letter {first}: failed again: ")),
+        "{stdout}"
+    );
+    // Both attempts the sink's settings allow, both for that letter.
+    let sent: Vec<Option<String>> = fake.deliveries().into_iter().map(|d| d.id).collect();
+    assert_eq!(sent, vec![Some("tags:0/100:0".to_string()); 2]);
+    let pending = list(&[]);
+    assert_eq!(pending.len(), 2, "not re-inserted as a second letter");
+    assert_eq!(pending[0]["id"], first);
+    assert_eq!(pending[0]["record_id"], "tags:0/100:0");
+    assert_eq!(pending[0]["commit_lsn"], "0/100");
+    let failed_at = pending[0]["failed_at"].as_str().unwrap();
+    assert!(
+        failed_at.len() == 20 && failed_at.as_bytes()[10] == b'T' && failed_at.ends_with('Z'),
+        "{failed_at}"
+    );
+    assert_eq!(pending[0]["attempts"], 4);
+    assert!(
+        pending[0]["error"].as_str().unwrap().contains("503"),
+        "{pending:?}"
+    );
+    assert_eq!(pending[0]["replayed"], false);
+    assert_eq!(pending[0]["record"]["tag"], "A");
+    assert_eq!(pending[1]["attempts"], 2);
+    assert_eq!(pending[1]["error"], "404 first");
+
+    // The receiver is fixed (its script is used up).
+    let replayed = lily(&["dlq", "replay", "-c", c], &env);
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    // Different order keys take different lanes, so in either order.
+    let mut accepted = fake.accepted_ids();
+    accepted.sort();
+    assert_eq!(accepted, vec!["tags:0/100:0", "tags:0/200:0"]);
+    assert!(list(&[]).is_empty());
+    let all = list(&["--all"]);
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|l| l["replayed"] == true), "{all:?}");
+    let outcomes: Vec<String> = client
+        .query(
+            "SELECT outcome FROM lily.delivery_ledger ORDER BY record_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(outcomes, vec!["delivered", "delivered"]);
+}
+
 /// `lily load` from the command line: several writers, a JSON report per file, resumable
 /// (a second run of the same file finds its job done); bad flags are refused before anything runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

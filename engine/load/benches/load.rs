@@ -160,7 +160,7 @@ async fn bench() {
         bulk_writers: writers,
         ..LoadConfig::default()
     })
-    .with_connect(pg.config("lily"));
+    .with_connect(pg.connection("lily"));
     println!("bulk writers: {writers}");
     let mut bulk_rates = Vec::new();
     let mut totals = Vec::new();

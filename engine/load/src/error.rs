@@ -71,6 +71,9 @@ pub enum LoadError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A connection for the load could not be opened (the message names it and its target).
+    #[error("{0}")]
+    Connect(#[from] lily_pg::PgError),
     /// The file reader thread panicked or was cancelled: a bug, not an input problem.
     #[error("the file reader failed: {0}")]
     Reader(String),
@@ -91,6 +94,7 @@ impl LoadError {
     pub fn is_retryable(&self) -> bool {
         match self {
             LoadError::Postgres { source, .. } => pg_retryable(source),
+            LoadError::Connect(e) => e.is_retryable(),
             LoadError::JobConflict { .. } | LoadError::Stopped { .. } => true,
             LoadError::Io { source, .. } => matches!(
                 source.kind(),

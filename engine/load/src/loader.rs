@@ -275,7 +275,7 @@ pub struct Loader {
     observer: Option<Arc<dyn LoadObserver>>,
     progress: watch::Sender<Progress>,
     /// How to open the extra bulk writers' connections.
-    connect: Option<tokio_postgres::Config>,
+    connect: Option<lily_pg::ConnectionConfig>,
 }
 
 impl Default for Loader {
@@ -318,7 +318,7 @@ impl Loader {
 
     /// Lets the bulk lane open [`LoadConfig::bulk_writers`] - 1 more connections like this one
     /// (the owner of `meta.assets`, as the client given to [`Loader::load`]).
-    pub fn with_connect(mut self, pg: tokio_postgres::Config) -> Self {
+    pub fn with_connect(mut self, pg: lily_pg::ConnectionConfig) -> Self {
         self.connect = Some(pg);
         self
     }
@@ -485,15 +485,7 @@ impl Loader {
         if lane == Lane::Bulk {
             if let Some(pg) = &self.connect {
                 for _ in 1..cfg.bulk_writers.max(1) {
-                    let (c, conn) = pg
-                        .connect(tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| LoadError::pg("connecting a bulk writer", e))?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "bulk writer connection ended");
-                        }
-                    });
+                    let c = lily_pg::connect(pg, lily_pg::Role::Load).await?;
                     prepare_session(&c).await?;
                     extra.push(c);
                 }

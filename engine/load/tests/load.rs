@@ -1185,7 +1185,7 @@ async fn parallel_writers_commit_in_file_order_and_resume_exactly() {
         ..Recorder::default()
     });
     let err = Loader::new(parallel(3))
-        .with_connect(pg.config("lily"))
+        .with_connect(pg.connection("lily"))
         .with_observer(stopper.clone())
         .load(&mut client, &LoadRequest::new("t1", "cli:load", &path))
         .await
@@ -1221,7 +1221,7 @@ async fn parallel_writers_commit_in_file_order_and_resume_exactly() {
 
     // The re-run, parallel again, loads exactly the rest.
     let report = Loader::new(parallel(3))
-        .with_connect(pg.config("lily"))
+        .with_connect(pg.connection("lily"))
         .load(&mut client, &LoadRequest::new("t1", "cli:load", &path))
         .await
         .unwrap();
@@ -1263,7 +1263,7 @@ async fn parallel_writers_serialize_chunks_that_share_assets() {
     let report = tokio::time::timeout(
         Duration::from_secs(60),
         Loader::new(cfg)
-            .with_connect(pg.config("lily"))
+            .with_connect(pg.connection("lily"))
             .load(&mut client, &LoadRequest::new("t1", "cli:load", &path)),
     )
     .await

@@ -118,6 +118,9 @@ pub struct ClusterOptions {
     /// Turn on TLS with a server certificate signed by a fresh CA ([`PgCluster::tls_ca_cert`]).
     /// Plain connections keep working; `pg_hba.conf` uses `host` lines, not `hostssl`.
     pub tls: bool,
+    /// TLS, and TCP connections without it are refused (`hostssl` lines only). The harness's own
+    /// [`PgCluster::connect`] then goes over the unix-domain socket.
+    pub tls_only: bool,
 }
 
 impl ClusterOptions {
@@ -130,6 +133,13 @@ impl ClusterOptions {
     /// Turns TLS on (builder style).
     pub fn with_tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Turns TLS on and refuses plain TCP connections (builder style).
+    pub fn with_tls_only(mut self) -> Self {
+        self.tls = true;
+        self.tls_only = true;
         self
     }
 }
@@ -154,6 +164,7 @@ pub struct PgCluster {
     password: String,
     owner: Option<OsUser>,
     tls_ca: Option<PathBuf>,
+    tls_only: bool,
     running: AtomicBool,
     // Last: removed after Drop::drop stopped the server.
     root: TempDir,
@@ -221,13 +232,14 @@ impl PgCluster {
             password,
             owner,
             tls_ca: None,
+            tls_only: opts.tls_only,
             running: AtomicBool::new(false),
             root,
         };
         // Validate the caller's settings before spending an initdb on them.
         let (fixed_port, lines) = cluster.settings_lines(opts)?;
         cluster.initdb()?;
-        if opts.tls {
+        if opts.tls || opts.tls_only {
             cluster.write_tls_files()?;
         }
         cluster.write_hba()?;
@@ -281,14 +293,17 @@ impl PgCluster {
     }
 
     fn write_hba(&self) -> Result<(), HarnessError> {
-        let hba = "\
+        let tcp = if self.tls_only { "hostssl" } else { "host   " };
+        let hba = format!(
+            "\
 # Written by lily-pgharness.
 # TYPE  DATABASE     USER  ADDRESS        METHOD
 local   all          all                  trust
 local   replication  all                  trust
-host    all          all   127.0.0.1/32   scram-sha-256
-host    replication  all   127.0.0.1/32   scram-sha-256
-";
+{tcp} all          all   127.0.0.1/32   scram-sha-256
+{tcp} replication  all   127.0.0.1/32   scram-sha-256
+"
+        );
         // Overwriting keeps initdb's owner and mode.
         std::fs::write(self.data_dir.join("pg_hba.conf"), hba)
             .map_err(|e| HarnessError::io("writing pg_hba.conf", e))
@@ -513,22 +528,44 @@ host    replication  all   127.0.0.1/32   scram-sha-256
         c
     }
 
-    /// Connects to `db` as the superuser (SCRAM over TCP) and spawns the connection task on the
-    /// current tokio runtime.
+    /// Connection settings for `db` as the superuser over TCP, `sslmode=disable`: what the
+    /// engine's crates take.
+    pub fn connection(&self, db: &str) -> lily_pg::ConnectionConfig {
+        let mut c = lily_pg::ConnectionConfig::new(HOST, SUPERUSER, db);
+        c.port = self.port;
+        c.password = lily_pg::Secret::new(self.password.as_str());
+        c
+    }
+
+    /// Like [`connection`](Self::connection), with `sslmode=verify-full` against the cluster's
+    /// CA. Panics unless the cluster was started with TLS.
+    pub fn tls_connection(&self, db: &str) -> lily_pg::ConnectionConfig {
+        let mut c = self.connection(db);
+        c.sslmode = lily_pg::SslMode::VerifyFull;
+        c.ssl_root_cert = Some(
+            self.tls_ca
+                .clone()
+                .expect("tls_connection needs a cluster started with TLS"),
+        );
+        c
+    }
+
+    /// Connects to `db` as the superuser (SCRAM over TCP; over the unix-domain socket for a
+    /// TLS-only cluster) and spawns the connection task on the current tokio runtime.
     pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, HarnessError> {
-        let (client, connection) = self
-            .config(db)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| {
-                HarnessError::pg(
-                    format!(
-                        "connecting to database {db:?} on {HOST}:{} as {SUPERUSER}",
-                        self.port
-                    ),
-                    e,
-                )
-            })?;
+        let mut config = self.config(db);
+        if self.tls_only {
+            config.host_path(&self.socket_dir);
+        }
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            HarnessError::pg(
+                format!(
+                    "connecting to database {db:?} on {HOST}:{} as {SUPERUSER}",
+                    self.port
+                ),
+                e,
+            )
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "test cluster connection ended");
@@ -1014,9 +1051,7 @@ fn conf_quote(v: &str) -> String {
 }
 
 /// A SQL identifier, double-quoted.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub use lily_pg::quote_ident;
 
 /// A SQL string literal (standard_conforming_strings on).
 pub fn quote_literal(value: &str) -> String {

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use lily_connector::{Registry, SinkContext};
 use lily_delivery::{DeliverySettings, Ledger, Sink, SinkRunner};
 use lily_transform::{ScalarUDF, SourceTable, Transform};
 use tokio::sync::watch;
@@ -62,8 +63,9 @@ impl Loaded {
     }
 }
 
-/// Reads and checks `path` and the SQL file it names.
-pub fn load(path: &Path) -> Result<Loaded, Vec<Problem>> {
+/// Reads and checks `path` and the SQL file it names; sink types and settings against
+/// `registry`.
+pub fn load(path: &Path, registry: &Registry) -> Result<Loaded, Vec<Problem>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![Problem {
             file: path.to_path_buf(),
@@ -72,7 +74,7 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<Problem>> {
         }]
     })?;
     let file = PipelineFile::parse(path, &text).map_err(|p| vec![p])?;
-    let mut problems = file.validate(path, &text);
+    let mut problems = file.validate(path, &text, registry);
     let src = Source { path, text: &text };
     let sql_path = path
         .parent()
@@ -103,7 +105,10 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<Problem>> {
 }
 
 /// Every `*.toml` in `dir`, sorted, each loaded (or its problems).
-pub fn load_dir(dir: &Path) -> Result<Vec<Result<Loaded, Vec<Problem>>>, Problem> {
+pub fn load_dir(
+    dir: &Path,
+    registry: &Registry,
+) -> Result<Vec<Result<Loaded, Vec<Problem>>>, Problem> {
     let entries = std::fs::read_dir(dir).map_err(|e| Problem {
         file: dir.to_path_buf(),
         line: None,
@@ -114,7 +119,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Result<Loaded, Vec<Problem>>>, Problem
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     paths.sort();
-    let loaded: Vec<_> = paths.iter().map(|p| load(p)).collect();
+    let loaded: Vec<_> = paths.iter().map(|p| load(p, registry)).collect();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     let mut out = Vec::new();
     for l in loaded {
@@ -145,9 +150,11 @@ pub struct PlanContext<'a> {
     /// A normal (not replication) connection to the metastore, for table schemas.
     pub catalog: &'a tokio_postgres::Client,
     /// Connection settings for sinks that write to the metastore.
-    pub metastore: tokio_postgres::Config,
+    pub metastore: lily_pg::ConnectionConfig,
     /// Reference functions (`asset()`, `downstream()`, ...).
     pub functions: Vec<ScalarUDF>,
+    /// The connectors sinks are built with.
+    pub registry: &'a Registry,
 }
 
 struct BuiltSink {
@@ -181,6 +188,19 @@ impl Planned {
 
     pub fn transform(&self) -> &Transform {
         &self.transform
+    }
+
+    /// The output columns sink `name` is sent, in order.
+    pub fn sent_columns(&self, name: &str) -> Option<Vec<String>> {
+        let sink = self.sinks.iter().find(|s| s.name == name)?;
+        Some(match &sink.columns {
+            Some(c) => c.clone(),
+            None => self
+                .output_columns()
+                .into_iter()
+                .filter(|c| !c.starts_with('_'))
+                .collect(),
+        })
     }
 
     /// The built sink named `name` (for replaying dead letters).
@@ -277,23 +297,18 @@ pub async fn plan(loaded: &Loaded, ctx: &PlanContext<'_>) -> Result<Planned, Vec
                 .cloned()
                 .collect(),
         };
-        let settings = decl
-            .settings
-            .as_ref()
-            .map(|s| toml::Value::Table(s.get_ref().clone()))
-            .unwrap_or_else(|| toml::Value::Table(Default::default()));
-        let at = decl.settings.as_ref().map(|s| src.line_of(s.span().start));
-        let sink_problem = |message: String| Problem {
-            file: loaded.path.clone(),
-            line: at.or_else(|| Some(src.line_of(decl.kind.span().start))),
-            message: format!("sink {name:?}: {message}"),
+        let Some(entry) = ctx.registry.sink(decl.kind.get_ref()) else {
+            // `load` checked the type against the same registry.
+            problems.push(src.problem(&decl.kind, "unknown sink type"));
+            continue;
         };
-        let sink: Result<Arc<dyn Sink>, String> = match decl.kind.get_ref().as_str() {
-            "webhook" => build_webhook(settings),
-            "metastore" => build_metastore(settings, ctx.metastore.clone(), &sent).await,
-            "log" => build_log(settings, &name),
-            other => Err(format!("unknown sink type {other:?}")),
+        let cx = SinkContext {
+            pipeline: &loaded.name,
+            name: &name,
+            columns: &sent,
+            metastore: &ctx.metastore,
         };
+        let sink = entry.build(&decl.settings_value(), cx).await;
         match sink {
             Ok(sink) => sinks.push(BuiltSink {
                 name,
@@ -306,7 +321,7 @@ pub async fn plan(loaded: &Loaded, ctx: &PlanContext<'_>) -> Result<Planned, Vec
                 key: decl.key.as_ref().map(|k| k.get_ref().clone()),
                 columns: decl.columns.as_ref().map(|c| c.get_ref().clone()),
             }),
-            Err(e) => problems.push(sink_problem(e)),
+            Err(e) => problems.push(decl.settings_problem(&src, &e)),
         }
     }
     if !problems.is_empty() {
@@ -340,44 +355,10 @@ pub async fn plan(loaded: &Loaded, ctx: &PlanContext<'_>) -> Result<Planned, Vec
     })
 }
 
-fn build_webhook(settings: toml::Value) -> Result<Arc<dyn Sink>, String> {
-    let cfg: lily_webhook::WebhookConfig = settings
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
-    cfg.validate().map_err(|e| e.to_string())?;
-    let sink = cfg.build().map_err(|e| e.to_string())?;
-    Ok(Arc::new(sink))
-}
-
-async fn build_metastore(
-    settings: toml::Value,
-    pg: tokio_postgres::Config,
-    sent: &[String],
-) -> Result<Arc<dyn Sink>, String> {
-    let cfg: lily_metastore_sink::MetastoreSinkConfig = settings
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
-    cfg.validate().map_err(|e| e.to_string())?;
-    let sink = lily_metastore_sink::MetastoreSink::connect(pg, cfg)
-        .await
-        .map_err(|e| e.to_string())?;
-    sink.check_columns(sent)?;
-    Ok(Arc::new(sink))
-}
-
-fn build_log(settings: toml::Value, name: &str) -> Result<Arc<dyn Sink>, String> {
-    let cfg: lily_log::LogSinkConfig = settings
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
-    Ok(Arc::new(lily_log::LogSink::stdout(
-        cfg.label.as_deref().unwrap_or(name),
-    )))
-}
-
 /// Opens the pipeline's ledger and starts its sinks' lanes.
 pub async fn start(
     planned: Planned,
-    pg: tokio_postgres::Config,
+    pg: lily_pg::ConnectionConfig,
     shutdown: watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
 ) -> Result<Pipeline, lily_delivery::LedgerError> {

@@ -1,6 +1,7 @@
 //! Pipeline files: one TOML file per pipeline, naming its source tables, its SQL transform and
 //! its sinks. Every problem is reported with the file and line it comes from.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -45,7 +46,7 @@ pub struct SourceDecl {
 pub struct SinkDecl {
     /// Name, unique in the pipeline (a-z, 0-9, `-`, `_`).
     pub name: Spanned<String>,
-    /// Connector type: `webhook`, `metastore` or `log`.
+    /// Connector type, one of the registry's sinks (`lily connectors` lists them).
     #[serde(rename = "type")]
     pub kind: Spanned<String>,
     /// Output column whose value orders delivery: rows with equal values are delivered one at
@@ -53,12 +54,59 @@ pub struct SinkDecl {
     pub key: Option<Spanned<String>>,
     /// Output columns to send, in this order; default every column not starting with `_`.
     pub columns: Option<Spanned<Vec<String>>>,
-    /// Connector settings (see each connector's documentation).
+    /// Connector settings (see `lily connectors` or the connector settings reference). Keys
+    /// keep their position, so a problem with one is reported at its own line.
     #[serde(default)]
-    pub settings: Option<Spanned<toml::Table>>,
+    pub settings: Option<Spanned<BTreeMap<Spanned<String>, toml::Value>>>,
     /// Retries, backoff, rate limit and concurrency.
     #[serde(default)]
     pub delivery: Option<Spanned<DeliverySettings>>,
+}
+
+impl SinkDecl {
+    /// The settings as the connector reads them (an empty table when there are none).
+    pub fn settings_value(&self) -> toml::Value {
+        toml::Value::Table(
+            self.settings
+                .as_ref()
+                .map(|s| {
+                    s.get_ref()
+                        .iter()
+                        .map(|(k, v)| (k.get_ref().clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
+    /// A problem with this sink's settings, at the offending key's own line when it has one,
+    /// else at `[sink.settings]`, else at `type`.
+    pub(crate) fn settings_problem(
+        &self,
+        src: &Source<'_>,
+        e: &lily_connector::SettingsError,
+    ) -> Problem {
+        let key_line = e.key.as_ref().and_then(|key| {
+            self.settings.as_ref().and_then(|s| {
+                s.get_ref()
+                    .keys()
+                    .find(|k| k.get_ref() == key)
+                    .map(|k| src.line_of(k.span().start))
+            })
+        });
+        let line = key_line
+            .or_else(|| self.settings.as_ref().map(|s| src.line_of(s.span().start)))
+            .unwrap_or_else(|| src.line_of(self.kind.span().start));
+        Problem {
+            file: src.path.to_path_buf(),
+            line: Some(line),
+            message: format!(
+                "sink {:?} ({}): {e}",
+                self.name.get_ref(),
+                self.kind.get_ref()
+            ),
+        }
+    }
 }
 
 /// One problem in one file.
@@ -119,8 +167,6 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-pub const SINK_TYPES: &[&str] = &["webhook", "metastore", "log"];
-
 impl PipelineFile {
     /// Parses a pipeline file; syntax errors and unknown keys come back with their line.
     pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, Problem> {
@@ -145,8 +191,14 @@ impl PipelineFile {
         }
     }
 
-    /// Pure checks (no files, network or environment): names, duplicates, sink types.
-    pub fn validate(&self, path: &Path, text: &str) -> Vec<Problem> {
+    /// Pure checks (no files, network or environment): names, duplicates, sink types and each
+    /// sink's settings against its connector.
+    pub fn validate(
+        &self,
+        path: &Path,
+        text: &str,
+        registry: &lily_connector::Registry,
+    ) -> Vec<Problem> {
         let src = Source { path, text };
         let mut problems = Vec::new();
         let name = self.name_for(path);
@@ -205,14 +257,19 @@ impl PipelineFile {
             }
             names.push(n.clone());
             let kind = sink.kind.get_ref();
-            if !SINK_TYPES.contains(&kind.as_str()) {
-                problems.push(src.problem(
+            match registry.sink(kind) {
+                Some(entry) => {
+                    if let Err(e) = entry.check(&sink.settings_value()) {
+                        problems.push(sink.settings_problem(&src, &e));
+                    }
+                }
+                None => problems.push(src.problem(
                     &sink.kind,
                     format!(
                         "unknown sink type {kind:?}; known types: {}",
-                        SINK_TYPES.join(", ")
+                        registry.sink_types().join(", ")
                     ),
-                ));
+                )),
             }
             if let Some(d) = &sink.delivery {
                 if let Err(e) = d.get_ref().validate() {
@@ -246,11 +303,58 @@ url = "http://127.0.0.1:1/"
 max_attempts = 3
 "#;
 
+    /// Settings of the test registry's `webhook`.
+    #[derive(serde::Deserialize, schemars::JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct HookSettings {
+        /// Where to send.
+        url: String,
+        /// Attempt timeout.
+        #[serde(default)]
+        timeout_ms: u64,
+    }
+
+    struct Hook;
+
+    impl lily_connector::SinkConnector for Hook {
+        const TYPE: &'static str = "webhook";
+        const DESCRIPTION: &'static str = "test";
+        type Config = HookSettings;
+        fn validate(c: &HookSettings) -> Result<(), String> {
+            if c.url.starts_with("http") {
+                Ok(())
+            } else {
+                Err("url must be http(s)".into())
+            }
+        }
+        async fn build(
+            _: HookSettings,
+            _: lily_connector::SinkContext<'_>,
+        ) -> Result<std::sync::Arc<dyn lily_delivery::Sink>, String> {
+            Err("not in unit tests".into())
+        }
+        async fn healthcheck(
+            _: &HookSettings,
+            _: lily_connector::SinkContext<'_>,
+        ) -> lily_connector::Health {
+            Ok("ok".into())
+        }
+    }
+
+    fn registry() -> lily_connector::Registry {
+        lily_connector::Registry {
+            sinks: vec![lily_connector::sink::<Hook>()],
+            consumers: Vec::new(),
+            hooks: Vec::new(),
+        }
+    }
+
     #[test]
     fn parses_and_validates() {
         let p = Path::new("p.toml");
         let f = PipelineFile::parse(p, GOOD).unwrap();
-        assert!(f.validate(p, GOOD).is_empty());
+        assert!(f.validate(p, GOOD, &registry()).is_empty());
         assert_eq!(f.name_for(p), "pii-webhook");
         assert_eq!(
             f.sinks[0].delivery.as_ref().unwrap().get_ref().max_attempts,
@@ -278,7 +382,11 @@ max_attempts = 3
             .replace("max_attempts = 3", "max_attempts = 0");
         let p = Path::new("p.toml");
         let f = PipelineFile::parse(p, &text).unwrap();
-        let problems: Vec<String> = f.validate(p, &text).iter().map(|p| p.to_string()).collect();
+        let problems: Vec<String> = f
+            .validate(p, &text, &registry())
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
         assert!(
             problems
                 .iter()
@@ -295,5 +403,40 @@ max_attempts = 3
             problems.iter().any(|m| m.contains("max_attempts")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn settings_problems_point_at_the_key() {
+        let p = Path::new("p.toml");
+        let check = |text: &str| -> Vec<String> {
+            let f = PipelineFile::parse(p, text).unwrap();
+            f.validate(p, text, &registry())
+                .iter()
+                .map(|p| p.to_string())
+                .collect()
+        };
+        // A misspelt key: its own line (15), not the `[sink.settings]` header (13).
+        let typo = GOOD.replace("url = ", "timeout_ms = 5\nurll = ");
+        let problems = check(&typo);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .starts_with("p.toml:15: sink \"hook\" (webhook): urll: unknown field `urll`"),
+            "{problems:?}"
+        );
+        // A value of the wrong type: that key's line.
+        let wrong = GOOD.replace("url = ", "timeout_ms = \"soon\"\nurl = ");
+        let problems = check(&wrong);
+        assert!(
+            problems[0].starts_with("p.toml:14: sink \"hook\" (webhook): timeout_ms: "),
+            "{problems:?}"
+        );
+        // A missing key or the connector's own validation: the header's line.
+        let problems = check(&GOOD.replace("url = \"http://127.0.0.1:1/\"", "timeout_ms = 1"));
+        assert!(problems[0].starts_with("p.toml:13: "), "{problems:?}");
+        assert!(problems[0].contains("missing field `url`"), "{problems:?}");
+        let problems = check(&GOOD.replace("http://127.0.0.1:1/", "ftp://x"));
+        assert!(problems[0].starts_with("p.toml:13: "), "{problems:?}");
+        assert!(problems[0].contains("url must be http(s)"), "{problems:?}");
     }
 }

@@ -281,18 +281,19 @@ impl Pipeline {
         records: &RecordBatch,
         shutdown: &watch::Receiver<bool>,
     ) -> Option<Result<Vec<RecordBatch>, TransformError>> {
-        let mut wait = Duration::from_millis(100);
+        let mut backoff =
+            lily_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             match self.transform.run(table, records.clone()).await {
                 Ok(out) => return Some(Ok(out)),
                 Err(e) if e.is_retryable() => {
+                    let wait = backoff.next_wait();
                     tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?wait, "transform needs the metastore; retrying");
                     let mut s = shutdown.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = s.wait_for(|s| *s) => return None,
                     }
-                    wait = (wait * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => return Some(Err(e)),
             }

@@ -60,29 +60,38 @@ pub fn quote_ident(name: &str) -> Result<String, ReplicationError> {
             "invalid identifier {name:?}"
         )));
     }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+    Ok(lily_pg::quote_ident(name))
 }
 
 /// Quotes an SQL string literal (the server runs with standard_conforming_strings, checked in
 /// [`preflight`]).
 pub fn quote_literal(value: &str) -> Result<String, ReplicationError> {
-    if value.contains('\0') {
-        return Err(ReplicationError::Setup(format!(
-            "invalid text {value:?}: contains NUL"
-        )));
-    }
-    Ok(format!("'{}'", value.replace('\'', "''")))
+    lily_pg::quote_literal(value).map_err(|e| ReplicationError::Setup(e.to_string()))
 }
 
-/// Splits `schema.table` (default schema `public`).
+/// Splits `schema.table` with [`lily_pg::QualifiedName`]'s rule; a bare name is in `public`.
 pub fn split_table(name: &str) -> Result<(String, String), ReplicationError> {
-    let (schema, table) = name.split_once('.').unwrap_or(("public", name));
-    if schema.is_empty() || table.is_empty() || table.contains('.') {
-        return Err(ReplicationError::Setup(format!(
-            "invalid table name {name:?}: expected schema.table"
-        )));
+    let text = if name.contains(['.', '"']) {
+        name.to_string()
+    } else {
+        format!("public.{name}")
+    };
+    match lily_pg::QualifiedName::parse(&text) {
+        Ok(q) => Ok((q.schema, q.name)),
+        // Captured tables have always been accepted as written, `schema.rest` split at the
+        // first dot with the rest taken raw (quotes included); keep accepting that form.
+        Err(e) => match text.split_once('.') {
+            Some((schema, table))
+                if !schema.is_empty()
+                    && !table.is_empty()
+                    && !table.contains('.')
+                    && !schema.contains('"') =>
+            {
+                Ok((schema.to_string(), table.to_string()))
+            }
+            _ => Err(ReplicationError::Setup(format!("invalid table name: {e}"))),
+        },
     }
-    Ok((schema.to_string(), table.to_string()))
 }
 
 /// Facts about the server gathered by [`preflight`].

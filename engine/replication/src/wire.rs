@@ -56,8 +56,8 @@ impl Connection {
             .await
             .map_err(|_| {
                 ReplicationError::Timeout(format!(
-                    "connecting to {}:{} took longer than {deadline:?}",
-                    cfg.host, cfg.port
+                    "capture connection to {} took longer than {deadline:?}",
+                    cfg.target()
                 ))
             })?
     }
@@ -66,17 +66,42 @@ impl Connection {
         cfg: &ConnectionConfig,
         mode: Mode,
     ) -> Result<Connection, ReplicationError> {
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .map_err(|source| ReplicationError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
-        tcp.set_nodelay(true)?;
-        let io: BoxIo = match cfg.sslmode {
-            SslMode::Disable => Box::pin(tcp),
-            SslMode::Require | SslMode::VerifyFull => Box::pin(negotiate_tls(tcp, cfg).await?),
+        let io: BoxIo = if cfg.is_unix_socket() {
+            #[cfg(unix)]
+            {
+                let path = cfg.socket_path();
+                let sock = tokio::net::UnixStream::connect(&path)
+                    .await
+                    .map_err(|source| ReplicationError::Connect {
+                        addr: path.display().to_string(),
+                        source,
+                    })?;
+                Box::pin(sock)
+            }
+            #[cfg(not(unix))]
+            {
+                return Err(ReplicationError::Setup(
+                    "unix-domain sockets are not available on this platform".into(),
+                ));
+            }
+        } else {
+            let addr = if cfg.host.contains(':') {
+                format!("[{}]:{}", cfg.host, cfg.port)
+            } else {
+                format!("{}:{}", cfg.host, cfg.port)
+            };
+            let tcp =
+                TcpStream::connect(&addr)
+                    .await
+                    .map_err(|source| ReplicationError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+            tcp.set_nodelay(true)?;
+            match cfg.sslmode {
+                SslMode::Disable => Box::pin(tcp),
+                SslMode::Require | SslMode::VerifyFull => Box::pin(negotiate_tls(tcp, cfg).await?),
+            }
         };
         let (r, w) = tokio::io::split(io);
         let mut conn = Connection {
@@ -109,11 +134,12 @@ impl Connection {
         cfg: &ConnectionConfig,
         mode: Mode,
     ) -> Result<(), ReplicationError> {
+        let application_name = lily_pg::Role::Capture.application_name(&cfg.application_name);
         // Session settings fix the text formats the batch builder parses.
         let mut params: Vec<(&str, &str)> = vec![
             ("user", cfg.user.as_str()),
             ("database", cfg.dbname.as_str()),
-            ("application_name", cfg.application_name.as_str()),
+            ("application_name", application_name.as_str()),
             ("client_encoding", "UTF8"),
             ("DateStyle", "ISO"),
             ("TimeZone", "UTC"),
@@ -151,7 +177,8 @@ impl Connection {
             user: cfg.user.clone(),
             reason: reason.to_string(),
         };
-        let password = cfg.password.expose().as_bytes();
+        let secret = cfg.password_for();
+        let password = secret.expose().as_bytes();
         loop {
             match self.read_message().await? {
                 backend::Message::AuthenticationOk => return Ok(()),
@@ -414,103 +441,20 @@ async fn negotiate_tls(
     tcp.read_exact(&mut answer).await?;
     if answer[0] != b'S' {
         return Err(ReplicationError::Tls(format!(
-            "server at {}:{} does not accept TLS (sslmode={:?}); enable ssl on the server or use sslmode=disable",
-            cfg.host, cfg.port, cfg.sslmode
+            "server at {} does not accept TLS (sslmode={}); enable ssl on the server or use sslmode=disable",
+            cfg.target(),
+            cfg.sslmode
         )));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ReplicationError::Tls(e.to_string()))?;
-    let config = match cfg.sslmode {
-        SslMode::VerifyFull => {
-            let path = cfg.ssl_root_cert.as_ref().ok_or_else(|| {
-                ReplicationError::Tls(
-                    "sslmode=verify-full needs sslrootcert (a PEM CA file)".into(),
-                )
-            })?;
-            let pem = std::fs::read(path).map_err(|e| {
-                ReplicationError::Tls(format!("cannot read sslrootcert {}: {e}", path.display()))
-            })?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert = cert.map_err(|e| {
-                    ReplicationError::Tls(format!("bad PEM in {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    ReplicationError::Tls(format!("bad CA in {}: {e}", path.display()))
-                })?;
-            }
-            if roots.is_empty() {
-                return Err(ReplicationError::Tls(format!(
-                    "no certificate in {}",
-                    path.display()
-                )));
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
-        }
-        _ => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth(),
+    let tls = |reason: String| {
+        ReplicationError::Tls(format!("capture connection to {}: {reason}", cfg.target()))
     };
-    let name = rustls::pki_types::ServerName::try_from(cfg.host.clone())
-        .map_err(|e| ReplicationError::Tls(format!("invalid host name {:?}: {e}", cfg.host)))?;
+    let config = lily_pg::tls::client_config(cfg).map_err(tls)?;
+    let name = lily_pg::tls::server_name(&cfg.host).map_err(tls)?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| {
-            ReplicationError::Tls(format!(
-                "handshake with {}:{} failed: {e}",
-                cfg.host, cfg.port
-            ))
-        })
-}
-
-/// `sslmode=require`: encrypt, but do not authenticate the server (libpq's meaning).
-#[derive(Debug)]
-struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+        .map_err(|e| tls(format!("TLS handshake failed: {e}")))
 }
 
 /// Writes a CopyData frame around `payload`.

@@ -36,7 +36,7 @@ pub const MAX_LINEAGE_DEPTH: i64 = 32;
 
 /// A lazily (re)connected read-only client of the metastore.
 pub struct MetastoreReader {
-    config: tokio_postgres::Config,
+    config: lily_pg::ConnectionConfig,
     client: Mutex<Option<Arc<Client>>>,
     /// Statements prepared on the current connection, by SQL text: planning a query over 32
     /// partitions costs more than running it, so each is planned once per connection.
@@ -52,7 +52,7 @@ impl std::fmt::Debug for MetastoreReader {
 }
 
 impl MetastoreReader {
-    pub fn new(config: tokio_postgres::Config) -> Arc<Self> {
+    pub fn new(config: lily_pg::ConnectionConfig) -> Arc<Self> {
         Arc::new(MetastoreReader {
             config,
             client: Mutex::new(None),
@@ -72,21 +72,9 @@ impl MetastoreReader {
                 return Ok(c.clone());
             }
         }
-        let (client, conn) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(unavailable)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metastore reader connection ended");
-            }
-        });
-        // Look-ups are primary-key probes. When a backlog makes a batch large, the planner's
-        // cost estimate passes the JIT threshold and compiling the query takes longer than
-        // running it (seen as seconds of lag at 5k changes/s), which grows the next batch.
-        client
-            .batch_execute("SET jit = off")
+        // `lily_pg::connect` turns JIT off: look-ups are primary-key probes whose cost estimate
+        // on a large batch passes the JIT threshold, and compiling then costs more than running.
+        let client = lily_pg::connect(&self.config, lily_pg::Role::Lookup)
             .await
             .map_err(unavailable)?;
         let client = Arc::new(client);
@@ -143,7 +131,7 @@ impl MetastoreReader {
     }
 }
 
-fn unavailable(e: tokio_postgres::Error) -> DataFusionError {
+fn unavailable(e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!("{RETRYABLE_MARK} {e}"))
 }
 

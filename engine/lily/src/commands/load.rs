@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 pub(crate) async fn run(
-    pg: &tokio_postgres::Config,
+    pg: &lily_pg::ConnectionConfig,
     tenant: &str,
     files: &[PathBuf],
     restart: bool,
     settings: lily_load::LoadConfig,
 ) -> anyhow::Result<()> {
-    let mut client = crate::pipelines::connect(pg).await?;
+    let mut client = crate::pipelines::connect(pg, lily_pg::Role::Load).await?;
     for file in files {
         // Extra bulk writers connect like the first connection.
         let loader = lily_load::Loader::new(settings.clone()).with_connect(pg.clone());

@@ -2,12 +2,12 @@
 //! the metastore keeps only its hash.
 
 pub(crate) async fn create(
-    pg: &tokio_postgres::Config,
+    pg: &lily_pg::ConnectionConfig,
     tenant: &str,
     name: &str,
     scopes: &[String],
 ) -> anyhow::Result<()> {
-    let client = crate::pipelines::connect(pg).await?;
+    let client = crate::pipelines::connect(pg, lily_pg::Role::Admin).await?;
     let (key, info) = lily_auth::ApiKeys::new()
         .create(&client, tenant, name, scopes)
         .await?;
@@ -21,8 +21,8 @@ pub(crate) async fn create(
     Ok(())
 }
 
-pub(crate) async fn list(pg: &tokio_postgres::Config, tenant: &str) -> anyhow::Result<()> {
-    let client = crate::pipelines::connect(pg).await?;
+pub(crate) async fn list(pg: &lily_pg::ConnectionConfig, tenant: &str) -> anyhow::Result<()> {
+    let client = crate::pipelines::connect(pg, lily_pg::Role::Admin).await?;
     for k in lily_auth::ApiKeys::new().list(&client, tenant).await? {
         println!(
             "{}",
@@ -39,11 +39,11 @@ pub(crate) async fn list(pg: &tokio_postgres::Config, tenant: &str) -> anyhow::R
 }
 
 pub(crate) async fn revoke(
-    pg: &tokio_postgres::Config,
+    pg: &lily_pg::ConnectionConfig,
     tenant: &str,
     key_id: &str,
 ) -> anyhow::Result<()> {
-    let client = crate::pipelines::connect(pg).await?;
+    let client = crate::pipelines::connect(pg, lily_pg::Role::Admin).await?;
     if lily_auth::ApiKeys::new()
         .revoke(&client, tenant, key_id)
         .await?
@@ -52,5 +52,20 @@ pub(crate) async fn revoke(
         Ok(())
     } else {
         anyhow::bail!("tenant {tenant} has no active key {key_id}")
+    }
+}
+
+pub(crate) async fn run(
+    pg: &lily_pg::ConnectionConfig,
+    action: crate::ApikeyAction,
+) -> anyhow::Result<()> {
+    match action {
+        crate::ApikeyAction::Create {
+            tenant,
+            name,
+            scopes,
+        } => create(pg, &tenant, &name, &scopes).await,
+        crate::ApikeyAction::List { tenant } => list(pg, &tenant).await,
+        crate::ApikeyAction::Revoke { tenant, id } => revoke(pg, &tenant, &id).await,
     }
 }

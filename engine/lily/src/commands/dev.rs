@@ -12,8 +12,6 @@ use lily_webhook::fake::{whsec, FakeReceiver};
 use lily_pgharness::PgCluster;
 use lily_replication::{ConnectionConfig, SourceSpec};
 
-use crate::config::ConsumerConfig;
-
 const TABLES: [&str; 5] = [
     "meta.tenants",
     "meta.assets",
@@ -118,7 +116,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
     let cluster = PgCluster::start().await?;
     cluster.create_database("metastore").await?;
     let url = cluster.url("metastore");
-    crate::migrate(&url).await?;
+    crate::commands::migrate::migrate(&url).await?;
 
     let mut capture = lily_cdc::CaptureConfig::new(
         ConnectionConfig::from_url(&url).map_err(|e| anyhow::anyhow!(e))?,
@@ -186,16 +184,20 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         .parent()
         .unwrap_or(cluster.data_dir())
         .join("load-spool");
-    let consumers = [ConsumerConfig::Log {
+    let consumers = vec![crate::engine::ConsumerSpec {
+        kind: "log".into(),
         name: "stdout".into(),
+        settings: toml::Value::Table(Default::default()),
     }];
-    let result = crate::run_pipeline(
+    let pipelines = pipelines_dir();
+    let ingest = dev_ingest(spool);
+    let result = crate::engine::run(crate::engine::Spec {
         capture,
-        &consumers,
-        Some(&pipelines_dir()),
+        consumers,
+        pipelines_dir: Some(&pipelines),
         listen,
-        Some(&dev_ingest(spool)),
-    )
+        ingest: Some(&ingest),
+    })
     .await;
     drop(receiver);
     drop(cluster);
