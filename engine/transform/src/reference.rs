@@ -105,7 +105,10 @@ impl MetastoreReader {
                     if e.is_closed() || e.as_db_error().is_none() {
                         unavailable(e)
                     } else {
-                        DataFusionError::Execution(format!("metastore look-up failed: {e}"))
+                        DataFusionError::Execution(format!(
+                            "metastore look-up failed: {}",
+                            lily_pg::describe(&e)
+                        ))
                     }
                 })?;
                 self.statements
@@ -125,7 +128,10 @@ impl MetastoreReader {
             if e.is_closed() || e.as_db_error().is_none() {
                 unavailable(e)
             } else {
-                DataFusionError::Execution(format!("metastore look-up failed: {e}"))
+                DataFusionError::Execution(format!(
+                    "metastore look-up failed: {}",
+                    lily_pg::describe(&e)
+                ))
             }
         })
     }
