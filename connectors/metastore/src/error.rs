@@ -1,9 +1,6 @@
 //! Errors of building the sink, and how a failed write is classified for the delivery engine.
 
-use std::fmt::Write as _;
-
 use lily_delivery::SinkError;
-use tokio_postgres::error::DbError;
 
 use crate::config::ConfigError;
 
@@ -133,34 +130,4 @@ pub(crate) fn classify(table: &str, e: &tokio_postgres::Error) -> SinkError {
     }
 }
 
-/// The server's message with SQLSTATE and the fields that name what failed, or the client
-/// error with its causes (tokio-postgres displays only "db error" for server errors).
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return describe_db(db);
-    }
-    let mut s = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let _ = write!(s, ": {c}");
-        cause = c.source();
-    }
-    s
-}
-
-fn describe_db(db: &DbError) -> String {
-    let mut s = format!("{} {}", db.code().code(), db.message());
-    if let Some(c) = db.constraint() {
-        let _ = write!(s, " (constraint: {c})");
-    }
-    if let Some(c) = db.column() {
-        let _ = write!(s, " (column: {c})");
-    }
-    if let Some(d) = db.detail() {
-        let _ = write!(s, " (detail: {d})");
-    }
-    if let Some(h) = db.hint() {
-        let _ = write!(s, " (hint: {h})");
-    }
-    s
-}
+pub(crate) use lily_pg::{describe, describe_db};

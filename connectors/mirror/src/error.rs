@@ -134,28 +134,7 @@ impl MirrorError {
     }
 }
 
-/// The server's message with SQLSTATE, detail and hint, or the client error and its cause
-/// (tokio-postgres prints only "db error" for server errors).
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-        if let Some(d) = db.detail() {
-            s.push_str(&format!(" (detail: {d})"));
-        }
-        if let Some(h) = db.hint() {
-            s.push_str(&format!(" (hint: {h})"));
-        }
-        return s;
-    }
-    let mut s = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
-}
+pub(crate) use lily_pg::describe;
 
 fn is_auth_or_config(e: &tokio_postgres::Error) -> bool {
     match e.code().map(|c| c.code()) {

@@ -37,9 +37,6 @@ pub struct FileConfig {
     /// The file's text, to turn positions into lines (set by `load`).
     #[serde(skip)]
     pub text: String,
-    /// The pipelines folder resolved against `base_dir` (set by `load`).
-    #[serde(skip)]
-    pipelines_abs: Option<PathBuf>,
 }
 
 /// Where and what to capture.
@@ -255,7 +252,6 @@ impl FileConfig {
         let mut cfg =
             FileConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         cfg.base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        cfg.pipelines_abs = cfg.pipelines_dir();
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
@@ -332,7 +328,7 @@ impl FileConfig {
                     settings: c.settings(),
                 })
                 .collect(),
-            pipelines_dir: self.pipelines_abs.as_deref(),
+            pipelines_dir: self.pipelines_dir(),
             listen: &self.http.listen,
             ingest: self.ingest.as_ref(),
         })

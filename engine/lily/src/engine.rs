@@ -2,7 +2,7 @@
 //! with its consumers and pipelines, the HTTP endpoint (metrics, probes, ingest API), and a
 //! graceful shutdown of all of it on Ctrl-C / SIGTERM.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ pub(crate) struct ConsumerSpec {
 pub(crate) struct Spec<'a> {
     pub(crate) capture: lily_cdc::CaptureConfig,
     pub(crate) consumers: Vec<ConsumerSpec>,
-    pub(crate) pipelines_dir: Option<&'a Path>,
+    pub(crate) pipelines_dir: Option<PathBuf>,
     pub(crate) listen: &'a str,
     pub(crate) ingest: Option<&'a lily_ingest::IngestConfig>,
 }
@@ -44,7 +44,7 @@ pub(crate) async fn run(spec: Spec<'_>) -> anyhow::Result<()> {
     // Pipelines are planned first: their source tables join the captured tables. A pipeline
     // that does not plan is reported and left out; the others run.
     let pg = capture_cfg.connection.clone();
-    let planned = match pipelines_dir {
+    let planned = match pipelines_dir.as_deref() {
         Some(dir) => {
             let (planned, problems) = pipelines::plan_all(dir, &pg, &registry).await?;
             for p in &problems {

@@ -34,23 +34,12 @@ pub enum PgError {
     },
 }
 
-/// A tokio-postgres error with its cause: the server's message and SQLSTATE, or the chain of
-/// sources (the TLS verifier's reason, the socket error).
+/// A tokio-postgres error with its cause: the server's SQLSTATE, message and the fields that
+/// locate it, or the chain of sources (the TLS verifier's reason, the socket error).
+/// tokio-postgres' own text stops at "db error" or "error performing TLS handshake".
 pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        let mut s = format!(
-            "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
-            db.code().code()
-        );
-        if let Some(d) = db.detail() {
-            s.push_str(&format!("; detail: {d}"));
-        }
-        if let Some(h) = db.hint() {
-            s.push_str(&format!("; hint: {h}"));
-        }
-        return s;
+        return describe_db(db);
     }
     let mut s = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -58,6 +47,22 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         s.push_str(": ");
         s.push_str(&cause.to_string());
         source = cause.source();
+    }
+    s
+}
+
+/// A server error as `SQLSTATE message (constraint: ..) (column: ..) (detail: ..) (hint: ..)`.
+pub fn describe_db(db: &tokio_postgres::error::DbError) -> String {
+    let mut s = format!("{} {}", db.code().code(), db.message());
+    for (what, value) in [
+        ("constraint", db.constraint()),
+        ("column", db.column()),
+        ("detail", db.detail()),
+        ("hint", db.hint()),
+    ] {
+        if let Some(v) = value {
+            s.push_str(&format!(" ({what}: {v})"));
+        }
     }
     s
 }

@@ -189,12 +189,11 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         name: "stdout".into(),
         settings: toml::Value::Table(Default::default()),
     }];
-    let pipelines = pipelines_dir();
     let ingest = dev_ingest(spool);
     let result = crate::engine::run(crate::engine::Spec {
         capture,
         consumers,
-        pipelines_dir: Some(&pipelines),
+        pipelines_dir: Some(pipelines_dir()),
         listen,
         ingest: Some(&ingest),
     })
