@@ -23,6 +23,8 @@ const DB: &str = "sinktest";
 const ROLE: &str = "lily_sink";
 /// The sink's only timeout setting: connecting, plus (as documented) start-up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Quiet on the wire for this long before a one-shot fault is armed.
+const SETTLE: Duration = Duration::from_millis(200);
 
 /// The suite's records as rows: `k` the key, `seq` the sequence number, `note` free text that
 /// a CHECK refuses when it says `reject`. A trigger sleeps while `sinktest.stall` has a row, to
@@ -168,9 +170,16 @@ impl SinkHarness for MetastoreHarness {
     async fn inject(&self, fault: &Fault, records: &mut Vec<Record>) {
         match fault {
             Fault::Refused => self.proxy.refuse(),
-            Fault::Dropped => self.proxy.drop_next(),
+            // The sink's connection may still be closing the catalog statements it prepared.
+            Fault::Dropped => {
+                self.proxy.settle(SETTLE).await;
+                self.proxy.drop_next();
+            }
             Fault::Hang => self.proxy.hang(),
-            Fault::Malformed => self.proxy.garbage_next(),
+            Fault::Malformed => {
+                self.proxy.settle(SETTLE).await;
+                self.proxy.garbage_next();
+            }
             Fault::ShuttingDown => {
                 self.admin
                     .batch_execute("INSERT INTO sinktest.stall DEFAULT VALUES")

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -40,6 +40,8 @@ struct State {
     next: Mutex<Option<OneShot>>,
     accept: Mutex<Option<JoinHandle<()>>>,
     connections: Mutex<Vec<JoinHandle<()>>>,
+    /// When a chunk last passed, either way.
+    last_traffic: Mutex<Instant>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,6 +74,7 @@ impl FaultProxy {
             next: Mutex::new(None),
             accept: Mutex::new(None),
             connections: Mutex::new(Vec::new()),
+            last_traffic: Mutex::new(Instant::now()),
         });
         let proxy = FaultProxy { addr, state };
         proxy.serve(listener);
@@ -94,6 +97,20 @@ impl FaultProxy {
         }
         // Reset, not aborted: an aborted task would close them with a FIN.
         self.state.cut.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until nothing has passed either way for `idle`. A client may still be writing
+    /// after its last call returned (tokio-postgres closes a dropped prepared statement with a
+    /// message sent later, from its connection task); a one-shot fault armed before that
+    /// lands would hit it instead of the request under test.
+    pub async fn settle(&self, idle: Duration) {
+        loop {
+            let since = lock(&self.state.last_traffic).elapsed();
+            if since >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
     }
 
     /// From now on requests are forwarded but no answer comes back (until [`heal`](Self::heal)).
@@ -237,6 +254,7 @@ async fn pump_up(state: &State, from: &mut OwnedReadHalf, to: &mut OwnedWriteHal
             }
             Ok(n) => n,
         };
+        *lock(&state.last_traffic) = Instant::now();
         match lock(&state.next).take() {
             Some(OneShot::Drop) => return Up::Drop,
             Some(OneShot::Garbage) => return Up::Garbage,
@@ -259,6 +277,7 @@ async fn pump_down(state: &State, from: &mut OwnedReadHalf, to: &mut OwnedWriteH
             }
             Ok(n) => n,
         };
+        *lock(&state.last_traffic) = Instant::now();
         // A hung remote: the answer is held for as long as the proxy hangs.
         if mode.wait_for(|m| *m == Mode::Pass).await.is_err() {
             return;
