@@ -78,7 +78,7 @@ async fn run() {
         lily_ingest::Ingest::new(
             pool,
             Authenticator::new(ApiKeys::new(), None),
-            lily_ingest::Hooks::build(&[], &[]).await.unwrap(),
+            lily_ingest::Hooks::default(),
         ),
         1 << 20,
     );

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arrow_array::RecordBatch;
 use lily_cdc::{BatchKind, Capture};
 use lily_pgharness::PgCluster;
+use lily_runtime::ShutdownTrigger;
 use lily_tests::capture_config;
 use lily_transform::{SourceTable, Transform};
 use lily_webhook::fake::{whsec, FakeReceiver};
-use tokio::sync::watch;
 
 const FILTER_PROJECT: &str = "SELECT tenant_id, tag, asset_guid, _op, _commit_lsn, _commit_ts
 FROM classifications WHERE _op = 'insert' AND tag IN ('PII', 'GDPR')";
@@ -76,7 +76,7 @@ async fn captured_batches(cluster: &PgCluster) -> (Vec<RecordBatch>, SourceTable
     ))
     .unwrap();
     let mut sub = capture.subscribe("bench");
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let task = tokio::spawn(async move { capture.run(stop_rx).await });
     lily_tests::wait_streaming(&client, "tput").await;
     client
@@ -103,7 +103,7 @@ async fn captured_batches(cluster: &PgCluster) -> (Vec<RecordBatch>, SourceTable
         .await
         .unwrap()
         .unwrap();
-    let _ = stop.send(true);
+    stop.trigger();
     task.await.unwrap().unwrap();
     (
         batches,
@@ -263,7 +263,7 @@ concurrency = {}
             d.ack();
         }
     });
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let mut tasks = tokio::task::JoinSet::new();
     let pipeline = lily_pipeline::start(planned, pg, stop_rx.clone(), &mut tasks)
         .await
@@ -302,7 +302,7 @@ concurrency = {}
     let all = fake
         .wait_for_accepted(total as usize, Duration::from_secs(120))
         .await;
-    let _ = stop.send(true);
+    stop.trigger();
     cap.await.unwrap().unwrap();
     while tasks.join_next().await.is_some() {}
     assert!(

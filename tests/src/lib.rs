@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use lily_cdc::{Capture, CaptureConfig, CaptureError, Subscription};
 use lily_replication::{ConnectionConfig, SourceSpec};
-use tokio::sync::watch;
+use lily_runtime::ShutdownTrigger;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
@@ -25,14 +25,14 @@ pub async fn create_databases(cluster: &lily_pgharness::PgCluster, dbs: &[&str],
 
 /// A capture pipeline running in a task.
 pub struct RunningCapture {
-    pub stop: watch::Sender<bool>,
+    pub stop: ShutdownTrigger,
     pub task: JoinHandle<Result<(), CaptureError>>,
 }
 
 impl RunningCapture {
     /// Asks capture to stop and waits for it (at most 60 s).
     pub async fn stop(self) -> Result<(), CaptureError> {
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         tokio::time::timeout(Duration::from_secs(60), self.task)
             .await
             .expect("capture stops within 60 s")
@@ -63,7 +63,7 @@ pub fn capture_config(url: &str, slot: &str, publication: &str, tables: &[&str])
 pub fn start_capture(cfg: CaptureConfig, consumer: &str) -> (RunningCapture, Subscription) {
     let mut capture = Capture::new(cfg).expect("valid capture config");
     let sub = capture.subscribe(consumer);
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let task = tokio::spawn(async move {
         let r = capture.run(stop_rx).await;
         if let Err(e) = &r {
@@ -266,18 +266,7 @@ pub async fn wait_streaming(client: &Client, slot: &str) {
 pub fn batch_objects(
     batch: &arrow_array::RecordBatch,
 ) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::JsonArray>(&mut buf);
-        w.write(batch).expect("batch encodes as JSON");
-        w.finish().expect("batch encodes as JSON");
-    }
-    if buf.is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_slice(&buf).expect("arrow-json writes valid JSON")
+    lily_batch::json::objects(batch).expect("batch encodes as JSON")
 }
 
 #[cfg(test)]

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use lily_cdc::Capture;
 use lily_pgharness::PgCluster;
+use lily_runtime::ShutdownTrigger;
 use lily_tests::capture_config;
 use lily_webhook::fake::{whsec, FakeReceiver, Response};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 const KEY: &[u8] = b"an-example-key-of-32-bytes-long!";
@@ -51,14 +51,14 @@ concurrency = 4
 }
 
 struct Running {
-    stop: watch::Sender<bool>,
+    stop: ShutdownTrigger,
     capture: tokio::task::JoinHandle<Result<(), lily_cdc::CaptureError>>,
     tasks: JoinSet<()>,
 }
 
 impl Running {
     async fn stop(mut self) {
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         tokio::time::timeout(Duration::from_secs(60), self.capture)
             .await
             .expect("capture stops")
@@ -87,7 +87,7 @@ async fn start(url: &str, dir: &Path, slot: &str) -> Running {
     let mut capture =
         Capture::new(capture_config(url, slot, slot, &["meta.classifications"])).unwrap();
     let sub = capture.subscribe("pipeline:tags");
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let mut tasks = JoinSet::new();
     let pipeline = lily_pipeline::start(planned, pg, stop_rx.clone(), &mut tasks)
         .await

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use lily_delivery::secret::{Secret, SecretError, SecretSource};
+use lily_pg::{Secret, SecretError, SecretSource};
 use serde::Deserialize;
 
 /// The Monte Carlo webhook of one tenant, e.g.

@@ -78,7 +78,7 @@ impl InboundHook for MonteCarloHook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lily_delivery::secret::Secret;
+    use lily_pg::Secret;
 
     const BODY: &[u8] = br#"{"account": {"id": "acct-1"}, "action": "incident",
         "type": "open_x_incident", "payload": {"incident_id": "i", "event_list": [

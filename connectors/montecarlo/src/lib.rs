@@ -25,6 +25,7 @@
 //! With the `fake` feature, [`fake`] builds Monte Carlo deliveries for tests.
 
 mod config;
+mod connector;
 mod inbound;
 mod nonprintable;
 pub mod payload;
@@ -35,5 +36,6 @@ pub mod signature;
 pub mod fake;
 
 pub use config::{ConfigError, MonteCarloHook, MonteCarloHookConfig};
+pub use connector::MonteCarloConnector;
 pub use payload::{Mcon, PayloadError, TableRef};
 pub use signature::{authenticate, verify, Authenticity, SignatureError};

@@ -3,8 +3,8 @@
 //! secret header is all there is, so it is compared in constant time.
 
 use hmac::{Hmac, KeyInit, Mac};
-use lily_delivery::secret::Secret;
 use lily_inbound::json::JsonError;
+use lily_pg::Secret;
 use sha2::Sha256;
 
 /// The header of Okta's verification GET.

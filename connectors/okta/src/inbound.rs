@@ -65,7 +65,7 @@ impl InboundHook for OktaHook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lily_delivery::secret::Secret;
+    use lily_pg::Secret;
 
     fn admit(
         hook: &OktaHook,

@@ -12,7 +12,7 @@
 //!    principal and membership changes; dedupe on `event_uuid` and apply in `published` order.
 //!
 //! ```
-//! use lily_delivery::secret::Secret;
+//! use lily_pg::Secret;
 //! let hook = lily_okta::OktaHook::new("acme", "Authorization", Secret::new("s3cret"));
 //! hook.check(Some("s3cret"))?;
 //! let answer = lily_okta::challenge("abc")?;
@@ -25,6 +25,7 @@
 //! With the `fake` feature, [`fake`] is an Okta org that sends event hook requests.
 
 mod config;
+mod connector;
 pub mod events;
 mod hook;
 mod inbound;
@@ -34,4 +35,5 @@ mod time;
 pub mod fake;
 
 pub use config::{ConfigError, OktaHook, OktaHookConfig};
+pub use connector::OktaConnector;
 pub use hook::{challenge, check_secret, OktaError, CHALLENGE_HEADER, MAX_CHALLENGE_BYTES};

@@ -15,10 +15,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use lily_delivery::secret::Secret;
 use lily_okta::events::events_batch;
 use lily_okta::fake::{FakeOkta, Group, LogEvent, User};
 use lily_okta::{challenge, OktaHook, CHALLENGE_HEADER};
+use lily_pg::Secret;
 
 const SECRET: &str = "okta-hook-static-secret";
 

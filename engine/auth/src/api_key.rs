@@ -281,6 +281,18 @@ impl ApiKeys {
         }
     }
 
+    /// The principal of a presented key when it is well formed and in the cache (`None`: it
+    /// must be looked up with [`ApiKeys::verify`]). A malformed key is refused here, before
+    /// any database work.
+    pub fn cached(&self, presented: &str) -> Result<Option<Principal>, AuthError> {
+        parse(presented)
+            .map_err(|why| AuthError::unauthenticated(format!("malformed API key: {why}")))?;
+        Ok(self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.get(&VerifiedKeys::fingerprint(presented), Instant::now())))
+    }
+
     /// Checks a presented `lily_...` key. Malformed, unknown, wrong-secret and revoked keys all
     /// give [`AuthError::Unauthenticated`] (the reason differs, for logs only); a database
     /// failure gives [`AuthError::Unavailable`].

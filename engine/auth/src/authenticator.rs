@@ -40,11 +40,31 @@ impl Authenticator {
         x_api_key: Option<&str>,
         pg: &Client,
     ) -> Result<Principal, AuthError> {
-        match (authorization, x_api_key) {
-            (Some(_), Some(_)) => Err(AuthError::unauthenticated(
-                "both Authorization and x-api-key present",
-            )),
-            (None, None) => Err(AuthError::unauthenticated("no credentials")),
+        self.authenticate_with(authorization, x_api_key, || async { Ok(pg) })
+            .await
+    }
+
+    /// [`Authenticator::authenticate`], taking a database connection only when an API key
+    /// must be looked up (well formed, not in the cache): a caller with no credential, a
+    /// malformed one or a JWT never waits for, or holds, a connection.
+    pub async fn authenticate_with<C, F, Fut>(
+        &self,
+        authorization: Option<&str>,
+        x_api_key: Option<&str>,
+        connect: F,
+    ) -> Result<Principal, AuthError>
+    where
+        C: std::ops::Deref<Target = Client>,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<C, AuthError>>,
+    {
+        let key = match (authorization, x_api_key) {
+            (Some(_), Some(_)) => {
+                return Err(AuthError::unauthenticated(
+                    "both Authorization and x-api-key present",
+                ))
+            }
+            (None, None) => return Err(AuthError::unauthenticated("no credentials")),
             (None, Some(key)) => {
                 let key = key.trim();
                 if !key.starts_with(PREFIX) {
@@ -52,21 +72,26 @@ impl Authenticator {
                         "x-api-key does not hold a lily_ key",
                     ));
                 }
-                self.api_keys.verify(pg, key).await
+                key
             }
             (Some(header), None) => {
                 let token = bearer_token(header)?;
                 if token.starts_with(PREFIX) {
-                    self.api_keys.verify(pg, token).await
+                    token
                 } else if let Some(jwt) = &self.jwt {
-                    jwt.verify(token).await
+                    return jwt.verify(token).await;
                 } else {
-                    Err(AuthError::unauthenticated(
+                    return Err(AuthError::unauthenticated(
                         "bearer token is not an API key and no JWT issuer is configured",
-                    ))
+                    ));
                 }
             }
+        };
+        if let Some(principal) = self.api_keys.cached(key)? {
+            return Ok(principal);
         }
+        let client = connect().await?;
+        self.api_keys.verify(&client, key).await
     }
 }
 

@@ -42,7 +42,8 @@ impl AuthError {
         }
     }
 
-    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+    /// The credential could not be checked now (the key store did not answer): 503.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
         AuthError::Unavailable {
             reason: reason.into(),
         }

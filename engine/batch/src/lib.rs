@@ -13,6 +13,7 @@
 //! `DateStyle=ISO`, `TimeZone=UTC`, `extra_float_digits=3` and `bytea_output=hex`.
 
 mod builder;
+pub mod json;
 mod parse;
 mod types;
 

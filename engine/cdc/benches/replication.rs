@@ -19,7 +19,7 @@ use arrow_array::types::TimestampMicrosecondType;
 use lily_cdc::{BatchKind, Capture, CaptureConfig};
 use lily_pgharness::{ClusterOptions, PgCluster};
 use lily_replication::{ConnectionConfig, SourceSpec};
-use tokio::sync::watch;
+use lily_runtime::ShutdownTrigger;
 
 const DDL: &str = "
 CREATE TABLE assets (
@@ -140,7 +140,7 @@ async fn engine_run(cluster: &PgCluster, slot: &str, expect_rows: u64) -> Durati
     let started = Instant::now();
     let mut capture = Capture::new(cfg).unwrap();
     let mut sub = capture.subscribe("count");
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let task = tokio::spawn(capture.run(stop_rx));
     let mut rows = 0u64;
     // Done when every change has reached the consumer and been acknowledged, the engine's
@@ -155,7 +155,7 @@ async fn engine_run(cluster: &PgCluster, slot: &str, expect_rows: u64) -> Durati
         }
     }
     let elapsed = done_at.unwrap_or_else(|| started.elapsed());
-    let _ = stop.send(true);
+    stop.trigger();
     drop(sub);
     task.await.unwrap().unwrap();
     assert!(
@@ -264,7 +264,7 @@ async fn latency(cluster: &PgCluster, rate: u64, seconds: u64) {
     cfg.batch_linger = linger();
     let mut capture = Capture::new(cfg).unwrap();
     let mut sub = capture.subscribe("latency");
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let task = tokio::spawn(capture.run(stop_rx));
     let hist = Arc::new(std::sync::Mutex::new(
         hdrhistogram::Histogram::<u64>::new(3).unwrap(),
@@ -339,7 +339,7 @@ async fn latency(cluster: &PgCluster, rate: u64, seconds: u64) {
     while seen.load(Ordering::Relaxed) < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop.send(true);
+    stop.trigger();
     task.await.unwrap().unwrap();
     consumer.await.unwrap();
     let h = hist.lock().unwrap();

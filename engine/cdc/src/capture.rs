@@ -15,6 +15,7 @@ use crate::checkpoint;
 use crate::event::{BatchKind, ChangeBatch};
 use crate::subscription::{Ack, Delivery, Subscription};
 use crate::{CaptureConfig, CaptureError};
+use lily_runtime::Shutdown;
 
 /// The capture pipeline. Subscribe consumers, then [`Capture::run`].
 pub struct Capture {
@@ -82,7 +83,7 @@ impl Capture {
     }
 
     /// Runs until `stop` turns true (or its sender is dropped), or a permanent error.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<(), CaptureError> {
+    pub async fn run(self, stop: Shutdown) -> Result<(), CaptureError> {
         let watch = Arc::new(ConsumerWatch::default());
         let mut watchers = tokio::task::JoinSet::new();
         for (name, tx) in &self.consumers {
@@ -94,14 +95,14 @@ impl Capture {
                 watch.notify.notify_one();
             });
         }
-        let result = self.run_sessions(&mut stop, &watch).await;
+        let result = self.run_sessions(&stop, &watch).await;
         watchers.abort_all();
         result
     }
 
     async fn run_sessions(
         &self,
-        stop: &mut watch::Receiver<bool>,
+        stop: &Shutdown,
         watch: &Arc<ConsumerWatch>,
     ) -> Result<(), CaptureError> {
         let tracker = AckTracker::new(self.consumers.len(), self.feedback.clone());
@@ -136,7 +137,7 @@ impl Capture {
                     tracing::warn!(%error, retry_in = ?wait, "Replication session ended; reconnecting.");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = stopped(stop) => return Ok(()),
+                        _ = stop.requested() => return Ok(()),
                     }
                 }
                 Err(error) => {
@@ -151,7 +152,7 @@ impl Capture {
         &self,
         tracker: &Arc<AckTracker>,
         asm: &mut Assembler,
-        stop: &mut watch::Receiver<bool>,
+        stop: &Shutdown,
         watch: &ConsumerWatch,
     ) -> Result<SessionEnd, CaptureError> {
         let cfg = &self.config;
@@ -247,7 +248,7 @@ impl Capture {
         stream: &mut ReplicationStream,
         tracker: &Arc<AckTracker>,
         asm: &mut Assembler,
-        stop: &mut watch::Receiver<bool>,
+        stop: &Shutdown,
         watch: &ConsumerWatch,
     ) -> Result<(), CaptureError> {
         let mut out: Vec<Emit> = Vec::new();
@@ -270,7 +271,7 @@ impl Capture {
                 // Hot path: the next frame is already in memory, so reading it cannot wait.
                 // Skip the select (and its timer and stop-signal registrations) per frame.
                 if frames.is_multiple_of(1024) {
-                    if *stop.borrow() {
+                    if stop.is_requested() {
                         return Ok(());
                     }
                     if let Some(e) = watch.gone() {
@@ -288,7 +289,7 @@ impl Capture {
                 }
                 tokio::select! {
                     biased;
-                    _ = stopped(stop) => return Ok(()),
+                    _ = stop.requested() => return Ok(()),
                     _ = watch.notify.notified() => {
                         return Err(watch.gone().unwrap_or_else(|| CaptureError::ConsumerGone(String::new())));
                     }
@@ -362,7 +363,7 @@ impl Capture {
         out: &mut Vec<Emit>,
         tracker: &Arc<AckTracker>,
         asm: &mut Assembler,
-        stop: &mut watch::Receiver<bool>,
+        stop: &Shutdown,
     ) -> Result<bool, CaptureError> {
         for e in out.drain(..) {
             let seq = tracker.next_seq();
@@ -393,7 +394,7 @@ impl Capture {
                             return Err(CaptureError::ConsumerGone(name.clone()));
                         }
                     }
-                    _ = stopped(stop) => return Ok(false),
+                    _ = stop.requested() => return Ok(false),
                 }
             }
             if let Some(lsn) = e.checkpoint {
@@ -429,18 +430,6 @@ impl Capture {
                 outstanding = tracker.outstanding(),
                 "Consumers did not acknowledge everything before shutdown; those batches will be delivered again."
             );
-        }
-    }
-}
-
-/// Resolves once a stop is requested or the stop sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            return;
         }
     }
 }

@@ -10,21 +10,21 @@ use arrow_array::{Array, RecordBatch};
 use lily_cdc::{BatchKind, Capture, CaptureConfig, CaptureError, ChangeBatch};
 use lily_pgharness::{ClusterOptions, PgCluster};
 use lily_replication::{ConnectionConfig, ReplicationError, SourceSpec};
-use tokio::sync::watch;
+use lily_runtime::ShutdownTrigger;
 use tokio::task::JoinHandle;
 
 type Seen = Arc<Mutex<Vec<Arc<ChangeBatch>>>>;
 
 struct Running {
     seen: Seen,
-    stop: watch::Sender<bool>,
+    stop: ShutdownTrigger,
     capture: JoinHandle<Result<(), CaptureError>>,
     consumer: JoinHandle<()>,
 }
 
 impl Running {
     async fn finish(self) -> Result<Vec<Arc<ChangeBatch>>, CaptureError> {
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         let r = tokio::time::timeout(Duration::from_secs(30), self.capture)
             .await
             .expect("capture stops")
@@ -57,7 +57,7 @@ fn start(cfg: CaptureConfig) -> Running {
     let mut capture = Capture::new(cfg).unwrap();
     let mut sub = capture.subscribe("collect");
     let seen: Seen = Arc::default();
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let capture = tokio::spawn(async move {
         let r = capture.run(stop_rx).await;
         if let Err(e) = &r {
@@ -415,7 +415,7 @@ async fn a_stalled_consumer_outlives_wal_sender_timeout() {
     cfg.status_interval = None;
     let mut capture = Capture::new(cfg).unwrap();
     let mut sub = capture.subscribe("slow");
-    let (stop, stop_rx) = watch::channel(false);
+    let (stop, stop_rx) = ShutdownTrigger::new();
     let task = tokio::spawn(capture.run(stop_rx));
     wait_slot(&c, "s_stall").await;
     let pid: i32 = c
@@ -467,7 +467,7 @@ async fn a_stalled_consumer_outlives_wal_sender_timeout() {
     }
     let lsn = current_lsn(&c).await;
     wait_confirmed(&c, "s_stall", &lsn).await;
-    let _ = stop.send(true);
+    stop.trigger();
     drop(sub);
     task.await.unwrap().unwrap();
 }
@@ -686,7 +686,7 @@ async fn a_consumer_that_goes_away_stops_capture_even_when_idle() {
     let c = setup(&cluster, "src", "CREATE TABLE t (id int primary key)").await;
     let mut capture = Capture::new(config(&cluster, "src", &["public.t"], "s_gone")).unwrap();
     let sub = capture.subscribe("quitter");
-    let (_stop, stop_rx) = watch::channel(false);
+    let (_stop, stop_rx) = ShutdownTrigger::new();
     let task = tokio::spawn(capture.run(stop_rx));
     wait_slot(&c, "s_gone").await;
     drop(sub);

@@ -8,13 +8,16 @@
 //!
 //! - [`sink`]: output sinks of pipelines ([`SinkConnector`]).
 //! - [`consumer`]: consumers of the raw change stream ([`ConsumerConnector`]).
+//! - [`hook`]: inbound hooks the ingest API serves ([`HookConnector`]).
 //! - [`settings`]: typed settings from TOML with the offending key named, and their docs.
 
 pub mod consumer;
+pub mod hook;
 pub mod settings;
 pub mod sink;
 
 pub use consumer::{consumer, ConsumerConnector, ConsumerContext, ConsumerEntry};
+pub use hook::{hook, HookConnector, HookEntry};
 pub use settings::{SettingDoc, SettingsError};
 pub use sink::{sink, SinkConnector, SinkContext, SinkEntry};
 
@@ -22,34 +25,11 @@ pub use sink::{sink, SinkConnector, SinkContext, SinkEntry};
 /// meta.classifications`, ...), or why it failed.
 pub type Health = Result<String, String>;
 
-/// Documentation of one inbound hook, for `lily connectors` and the generated reference (the
-/// hooks themselves are served by the ingest API).
-#[derive(Debug, Clone)]
-pub struct HookDoc {
-    /// The key of its table in `[ingest]`, e.g. `monte_carlo`.
-    pub type_name: &'static str,
-    pub description: &'static str,
-    pub settings: Vec<SettingDoc>,
-}
-
-impl HookDoc {
-    pub fn new<T: schemars::JsonSchema>(
-        type_name: &'static str,
-        description: &'static str,
-    ) -> Self {
-        HookDoc {
-            type_name,
-            description,
-            settings: settings::docs::<T>(),
-        }
-    }
-}
-
 /// Every connector the engine knows, each registered once.
 pub struct Registry {
     pub sinks: Vec<Box<dyn SinkEntry>>,
     pub consumers: Vec<Box<dyn ConsumerEntry>>,
-    pub hooks: Vec<HookDoc>,
+    pub hooks: Vec<Box<dyn HookEntry>>,
 }
 
 impl Registry {
@@ -65,6 +45,17 @@ impl Registry {
             .iter()
             .find(|s| s.type_name() == type_name)
             .map(|s| s.as_ref())
+    }
+
+    pub fn hook(&self, type_name: &str) -> Option<&dyn HookEntry> {
+        self.hooks
+            .iter()
+            .find(|h| h.type_name() == type_name)
+            .map(|h| h.as_ref())
+    }
+
+    pub fn hook_types(&self) -> Vec<&'static str> {
+        self.hooks.iter().map(|h| h.type_name()).collect()
     }
 
     pub fn sink_types(&self) -> Vec<&'static str> {
@@ -125,8 +116,8 @@ impl Registry {
         for h in &self.hooks {
             section(
                 &mut out,
-                &format!("`{}`: {}", h.type_name, h.description),
-                &h.settings,
+                &format!("`{}`: {}", h.type_name(), h.description()),
+                &h.settings(),
             );
         }
         out

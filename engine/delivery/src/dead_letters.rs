@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::completion::Completion;
@@ -19,6 +18,7 @@ use crate::ledger::{until_stored, Ledger, LedgerError, LedgerStore, PgLedgerStor
 use crate::runner::SinkRunner;
 use crate::settings::DeliverySettings;
 use crate::sink::{Record, Sink};
+use lily_runtime::Shutdown;
 
 /// A row of `lily.dead_letters`.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +112,7 @@ impl DeadLetters {
         &self,
         letters: &[DeadLetter],
         target: impl Fn(&str, &str) -> Option<ReplayTarget>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Vec<Replayed> {
         let mut order: Vec<&DeadLetter> = letters.iter().collect();
         order.sort_by_key(|l| l.id);
@@ -213,7 +213,7 @@ pub(crate) struct ReplayBook {
     letters: HashMap<(String, String), i64>,
     outcomes: Mutex<HashMap<i64, Replayed>>,
     /// For recording a delivery, which the runner finishes without a shutdown signal.
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 impl ReplayBook {
@@ -281,7 +281,7 @@ impl ReplayBook {
         record: &Record,
         error: &str,
         attempts: u32,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> bool {
         let Some(letter) = self.letter(sink, record) else {
             return true;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use lily_pgoutput::Lsn;
-use tokio::sync::watch;
 
 use super::{DeadLetter, DeadLetters, LetterFilter, ReplayTarget, Replayed};
 use crate::ledger::{LedgerStore, MemoryLedgerStore, Outcome};
 use crate::settings::DeliverySettings;
 use crate::sink::{Record, SinkError};
 use crate::test_sink::{gaps, ScriptedSink};
+use lily_runtime::ShutdownTrigger;
 
 const PIPELINE: &str = "orders";
 const SINK: &str = "hook";
@@ -70,7 +70,7 @@ async fn replay(
     sink: &Arc<ScriptedSink>,
     settings: DeliverySettings,
 ) -> (Vec<DeadLetter>, Vec<Replayed>) {
-    let (_stop, shutdown) = watch::channel(false);
+    let (_stop, shutdown) = ShutdownTrigger::new();
     let letters = DeadLetters::with_store(store.clone());
     let pending = letters.list(&LetterFilter::default()).await.unwrap();
     let outcomes = letters
@@ -308,7 +308,7 @@ async fn each_letter_goes_to_its_own_sink_and_one_without_a_sink_is_left_alone()
     let billing_hook = Arc::new(ScriptedSink::new());
     let table = DeadLetters::with_store(store.clone());
     let letters = table.list(&LetterFilter::default()).await.unwrap();
-    let (_stop, shutdown) = watch::channel(false);
+    let (_stop, shutdown) = ShutdownTrigger::new();
     let outcomes = table
         .replay(
             &letters,
@@ -360,12 +360,12 @@ async fn shutdown_during_a_retry_wait_leaves_the_letter_pending_as_it_was() {
     let store = store_with(&[record(1, None), record(2, None)], "503", 8).await;
     let table = DeadLetters::with_store(store.clone());
     let letters = table.list(&LetterFilter::default()).await.unwrap();
-    let (stop, shutdown) = watch::channel(false);
+    let (stop, shutdown) = ShutdownTrigger::new();
     // One lane: letter 2 queues behind letter 1's retry.
     let settings = fast(5, 1);
     let stopping = async {
         wait_until("the first attempt", || sink.calls().len() == 1).await;
-        stop.send(true).unwrap();
+        stop.trigger();
     };
     let (outcomes, ()) = within(Duration::from_secs(5), async {
         tokio::join!(

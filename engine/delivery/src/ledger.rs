@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lily_pgoutput::Lsn;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::dead_letters::{DeadLetter, LetterFilter, ReplayBook};
 use crate::sink::Record;
+use lily_runtime::Shutdown;
 
 mod memory;
 mod postgres;
@@ -146,7 +147,7 @@ impl Ledger {
     pub async fn open(
         pg: lily_pg::ConnectionConfig,
         pipeline: &str,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Arc<Ledger>, LedgerError> {
         Self::with_store(
             Arc::new(postgres::PgLedgerStore::new(pg)),
@@ -160,7 +161,7 @@ impl Ledger {
     pub async fn with_store(
         store: Arc<dyn LedgerStore>,
         pipeline: &str,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<Arc<Ledger>, LedgerError> {
         let finished = store.load(pipeline).await?;
         let (tx, rx) = mpsc::channel(8192);
@@ -246,7 +247,7 @@ impl Ledger {
         record: &Record,
         error: &str,
         attempts: u32,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> bool {
         let landed = match &self.mode {
             Mode::Live { .. } => {
@@ -288,7 +289,7 @@ pub(crate) async fn until_stored<F, Fut>(
     pipeline: &str,
     sink: &str,
     what: &str,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
     mut write: F,
 ) -> bool
 where
@@ -301,10 +302,11 @@ where
             Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(pipeline = %pipeline, sink, error = %e, "{what} failed; retrying");
-                if *shutdown.borrow() {
-                    return false;
+                // The wait ends early at shutdown: what is not stored stays pending.
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.requested() => return false,
                 }
-                tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
@@ -315,7 +317,7 @@ async fn write_loop(
     store: Arc<dyn LedgerStore>,
     pipeline: String,
     mut rx: mpsc::Receiver<LedgerEntry>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut pending: Vec<LedgerEntry> = Vec::new();
     loop {
@@ -337,10 +339,10 @@ async fn write_loop(
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(pipeline = %pipeline, error = %e, "ledger write failed; retrying");
-                    if *shutdown.borrow() {
-                        return;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.requested() => return,
                     }
-                    tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
             }
@@ -351,6 +353,8 @@ async fn write_loop(
 
 #[cfg(test)]
 mod tests {
+    use lily_runtime::ShutdownTrigger;
+
     use super::*;
 
     fn record(n: u64) -> Record {
@@ -383,7 +387,7 @@ mod tests {
     #[tokio::test]
     async fn finished_records_are_group_committed() {
         let store = Arc::new(MemoryLedgerStore::new());
-        let (_stop, shutdown) = watch::channel(false);
+        let (_stop, shutdown) = ShutdownTrigger::new();
         let ledger = Ledger::with_store(store.clone(), "p", shutdown)
             .await
             .unwrap();
@@ -401,7 +405,7 @@ mod tests {
     async fn a_failed_group_commit_is_retried() {
         let store = Arc::new(MemoryLedgerStore::new());
         store.fail_writes(2);
-        let (_stop, shutdown) = watch::channel(false);
+        let (_stop, shutdown) = ShutdownTrigger::new();
         let ledger = Ledger::with_store(store.clone(), "p", shutdown)
             .await
             .unwrap();
@@ -429,7 +433,7 @@ mod tests {
             .write("q", &[entry("s", 3, Outcome::Delivered)])
             .await
             .unwrap();
-        let (_stop, shutdown) = watch::channel(false);
+        let (_stop, shutdown) = ShutdownTrigger::new();
         let ledger = Ledger::with_store(store.clone(), "p", shutdown)
             .await
             .unwrap();
@@ -459,7 +463,7 @@ mod tests {
     #[tokio::test]
     async fn prune_forgets_entries_up_to_the_confirmed_lsn() {
         let store = Arc::new(MemoryLedgerStore::new());
-        let (_stop, shutdown) = watch::channel(false);
+        let (_stop, shutdown) = ShutdownTrigger::new();
         let ledger = Ledger::with_store(store.clone(), "p", shutdown.clone())
             .await
             .unwrap();
@@ -498,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_dead_letter_updates_error_and_attempts() {
         let store = Arc::new(MemoryLedgerStore::new());
-        let (_stop, shutdown) = watch::channel(false);
+        let (_stop, shutdown) = ShutdownTrigger::new();
         let ledger = Ledger::with_store(store.clone(), "p", shutdown.clone())
             .await
             .unwrap();
@@ -522,11 +526,11 @@ mod tests {
     async fn a_dead_letter_gives_up_only_at_shutdown() {
         let store = Arc::new(MemoryLedgerStore::new());
         store.fail_dead_letters(u32::MAX);
-        let (stop, shutdown) = watch::channel(false);
+        let (stop, shutdown) = ShutdownTrigger::new();
         let ledger = Ledger::with_store(store.clone(), "p", shutdown.clone())
             .await
             .unwrap();
-        stop.send(true).unwrap();
+        stop.trigger();
         assert!(
             !ledger
                 .dead_letter("s", &record(1), "boom", 1, &shutdown)

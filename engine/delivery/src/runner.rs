@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::completion::Completion;
@@ -19,6 +19,7 @@ use crate::ledger::{Ledger, Outcome};
 use crate::rate::TokenBucket;
 use crate::settings::DeliverySettings;
 use crate::sink::{Record, Sink, SinkError};
+use lily_runtime::Shutdown;
 
 struct Job {
     record: Record,
@@ -53,7 +54,7 @@ impl SinkRunner {
         sink: Arc<dyn Sink>,
         settings: DeliverySettings,
         ledger: Arc<Ledger>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
         tasks: &mut JoinSet<()>,
     ) -> SinkRunner {
         let bucket = settings
@@ -123,7 +124,7 @@ struct LaneCtx {
     bucket: Option<Arc<TokenBucket>>,
     ledger: Arc<Ledger>,
     stats: Arc<SinkStats>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 enum Attempted {
@@ -260,13 +261,13 @@ impl LaneCtx {
 
     /// Sleeps; true when shutdown came first.
     async fn sleep_or_stop(&self, wait: Duration) -> bool {
-        let mut shutdown = self.shutdown.clone();
-        if *shutdown.borrow() {
+        let shutdown = self.shutdown.clone();
+        if shutdown.is_requested() {
             return true;
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => false,
-            _ = shutdown.wait_for(|s| *s) => true,
+            _ = shutdown.requested() => true,
         }
     }
 }

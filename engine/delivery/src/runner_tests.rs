@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lily_pgoutput::Lsn;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::SinkRunner;
@@ -15,6 +15,7 @@ use crate::ledger::{Ledger, MemoryLedgerStore, Outcome};
 use crate::settings::DeliverySettings;
 use crate::sink::{Record, SinkError};
 use crate::test_sink::{gaps, ScriptedSink};
+use lily_runtime::ShutdownTrigger;
 
 const PIPELINE: &str = "orders";
 const SINK: &str = "hook";
@@ -58,14 +59,14 @@ struct Harness {
     ledger: Arc<Ledger>,
     sink: Arc<ScriptedSink>,
     runner: Option<SinkRunner>,
-    stop: watch::Sender<bool>,
+    stop: ShutdownTrigger,
     tasks: JoinSet<()>,
 }
 
 impl Harness {
     async fn start(sink: ScriptedSink, settings: DeliverySettings) -> Harness {
         let store = Arc::new(MemoryLedgerStore::new());
-        let (stop, shutdown) = watch::channel(false);
+        let (stop, shutdown) = ShutdownTrigger::new();
         let ledger = Ledger::with_store(store.clone(), PIPELINE, shutdown.clone())
             .await
             .unwrap();
@@ -167,7 +168,7 @@ async fn a_delivered_record_is_finished_and_skipped_when_offered_again() {
     assert_eq!(h.sink.calls().len(), 1);
 
     // A ledger reopened on the same store (the restart after a crash) skips it too.
-    let (_stop, shutdown) = watch::channel(false);
+    let (_stop, shutdown) = ShutdownTrigger::new();
     let reopened = Ledger::with_store(h.store.clone(), PIPELINE, shutdown)
         .await
         .unwrap();
@@ -430,7 +431,7 @@ async fn shutdown_cuts_a_retry_wait_short_and_leaves_the_record_unfinished() {
     wait_until("the first attempt", || h.sink.calls().len() == 1).await;
 
     let stopping = Instant::now();
-    h.stop.send(true).unwrap();
+    h.stop.trigger();
     h.close().await;
     assert!(stopping.elapsed() < Duration::from_secs(2));
 
@@ -449,7 +450,7 @@ async fn shutdown_cuts_a_retry_wait_short_and_leaves_the_record_unfinished() {
 async fn after_shutdown_lanes_drain_with_one_attempt_each_and_stop_at_a_retry() {
     let sink = ScriptedSink::new().answer(&id(2), vec![Err(SinkError::retryable("503"))]);
     let h = Harness::start(sink, fast(5, 1)).await;
-    h.stop.send(true).unwrap();
+    h.stop.trigger();
     let d1 = h.submit(record(1, None)).await;
     let d2 = h.submit(record(2, None)).await;
     let d3 = h.submit(record(3, None)).await;
@@ -511,7 +512,7 @@ async fn shutdown_while_the_dead_letter_store_fails_leaves_the_record_unfinished
     wait_until("the attempt", || h.sink.calls().len() == 1).await;
     // Let the ledger's retry loop go round at least once.
     tokio::time::sleep(Duration::from_millis(120)).await;
-    h.stop.send(true).unwrap();
+    h.stop.trigger();
     h.close().await;
 
     assert_eq!(done.remaining(), 1);

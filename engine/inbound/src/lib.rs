@@ -60,6 +60,83 @@ pub trait InboundHook: Send + Sync + 'static {
     fn writes(&self) -> Writes<'_>;
 }
 
+/// One tenant's hook with the sender's type erased: what the server calls per delivery.
+/// Every [`InboundHook`] is one.
+pub trait TenantHook: Send + Sync {
+    /// See [`InboundHook::tenant`].
+    fn tenant(&self) -> &str;
+    /// See [`InboundHook::admit`].
+    fn admit(&self, request: &Request<'_>) -> Result<Admission, HookError>;
+    /// See [`InboundHook::events`].
+    fn events(&self, body: &[u8]) -> Result<RecordBatch, HookError>;
+    /// See [`InboundHook::writes`].
+    fn writes(&self) -> Writes<'_>;
+}
+
+impl<H: InboundHook> TenantHook for H {
+    fn tenant(&self) -> &str {
+        InboundHook::tenant(self)
+    }
+    fn admit(&self, request: &Request<'_>) -> Result<Admission, HookError> {
+        InboundHook::admit(self, request)
+    }
+    fn events(&self, body: &[u8]) -> Result<RecordBatch, HookError> {
+        InboundHook::events(self, body)
+    }
+    fn writes(&self) -> Writes<'_> {
+        InboundHook::writes(self)
+    }
+}
+
+/// One kind of hook (a sender) with the hooks its tenants configured, as the registry builds
+/// it and the ingest server registers it: the sender's constants and its tenants' hooks, with
+/// the sender's type erased so every kind fits in one list.
+pub struct HookKind {
+    /// [`InboundHook::SOURCE`].
+    pub source: &'static str,
+    /// [`InboundHook::ROUTES`].
+    pub routes: &'static [Route],
+    /// [`InboundHook::SQL`].
+    pub sql: &'static str,
+    /// [`InboundHook::IDEMPOTENCY_KEY`].
+    pub idempotency_key: &'static str,
+    /// [`InboundHook::ACK`].
+    pub ack: Ack,
+    /// [`InboundHook::events_schema`].
+    pub events_schema: SchemaRef,
+    /// One per configured tenant (none is fine: the routes are served all the same).
+    pub hooks: Vec<Box<dyn TenantHook>>,
+}
+
+impl HookKind {
+    /// Sender `H` with these tenants' hooks.
+    pub fn of<H: InboundHook>(hooks: Vec<H>) -> HookKind {
+        HookKind {
+            source: H::SOURCE,
+            routes: H::ROUTES,
+            sql: H::SQL,
+            idempotency_key: H::IDEMPOTENCY_KEY,
+            ack: H::ACK,
+            events_schema: H::events_schema(),
+            hooks: hooks
+                .into_iter()
+                .map(|h| Box::new(h) as Box<dyn TenantHook>)
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the hooks: they hold secrets.
+        f.debug_struct("HookKind")
+            .field("source", &self.source)
+            .field("routes", &self.routes)
+            .field("tenants", &self.hooks.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// An HTTP method a route answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Method {

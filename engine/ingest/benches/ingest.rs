@@ -112,7 +112,7 @@ fn main() {
                 lily_ingest::Ingest::new(
                     pool,
                     Authenticator::new(ApiKeys::new(), None),
-                    lily_ingest::Hooks::build(&[], &[]).await.unwrap(),
+                    lily_ingest::Hooks::default(),
                 ),
                 64 * 1024 * 1024,
             );

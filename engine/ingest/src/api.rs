@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use lily_auth::{Principal, Scope};
 use lily_inbound::Method;
 
+use crate::config::Limits;
 use crate::error::ApiError;
 use crate::loads::{is_job_id, rfc3339, LoadsError, MemState};
 use crate::model::{
@@ -33,6 +34,7 @@ pub struct Ingest {
     /// Bulk loads; `None` when no spool directory is configured (the load routes answer 404
     /// `not_enabled`).
     pub(crate) loads: Option<crate::Loads>,
+    pub(crate) limits: Limits,
 }
 
 impl Ingest {
@@ -51,19 +53,40 @@ impl Ingest {
         hooks: Hooks,
         loads: Option<crate::Loads>,
     ) -> Arc<Self> {
+        Self::with_limits(pool, auth, hooks, loads, Limits::default())
+    }
+
+    /// With bulk loads and the given bounds on each request.
+    pub fn with_limits(
+        pool: deadpool_postgres::Pool,
+        auth: lily_auth::Authenticator,
+        hooks: Hooks,
+        loads: Option<crate::Loads>,
+        limits: Limits,
+    ) -> Arc<Self> {
         Arc::new(Ingest {
             pool,
             auth,
             hooks,
             loads,
+            limits,
         })
+    }
+
+    /// Whether the metastore answers a trivial query within `within` (for `/readyz`).
+    pub async fn metastore_answers(&self, within: std::time::Duration) -> bool {
+        let probe = async {
+            let client = self.pool.get().await.ok()?;
+            client.simple_query("SELECT 1").await.ok()
+        };
+        matches!(tokio::time::timeout(within, probe).await, Ok(Some(_)))
     }
 }
 
 /// The ingest routes, with JSON bodies limited to `max_body_bytes` (413 beyond). Load uploads
 /// are streamed to disk and limited by the loads' own `max_load_bytes` instead.
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
-    routes(&ingest.hooks, max_body_bytes)
+    routes(&ingest.hooks, max_body_bytes, ingest.limits.request_timeout)
         .router
         .with_state(ingest)
 }
@@ -71,14 +94,14 @@ pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
 /// Every route [`router`] serves with `hooks`, as (method, path) with the method in lower case
 /// as OpenAPI names operations: the list `openapi.json` is checked against.
 pub fn served_routes(hooks: &Hooks) -> Vec<(&'static str, String)> {
-    routes(hooks, 0)
+    routes(hooks, 0, Limits::default().request_timeout)
         .served
         .into_iter()
         .map(|(method, path)| (method.as_str(), path))
         .collect()
 }
 
-fn routes(hooks: &Hooks, max_body_bytes: usize) -> Routes {
+fn routes(hooks: &Hooks, max_body_bytes: usize, deadline: std::time::Duration) -> Routes {
     // Mounted always, so the API's shape does not depend on configuration.
     let loads = Routes::default()
         .add(Method::Post, "/v1/tenants/{tenant}/loads", create_load)
@@ -107,12 +130,43 @@ fn routes(hooks: &Hooks, max_body_bytes: usize) -> Routes {
                   Path(tenant): Path<String>,
                   headers: HeaderMap,
                   body: Bytes| async move {
-                hook.handle(&s, tenant, method, headers, body).await
+                hook.deliver(&s, tenant, method, headers, body).await
             },
         );
     }
+    // Every JSON and webhook request ends within the deadline. Load uploads do not: they are
+    // bounded by their idle timeout and size instead.
+    api.router = api
+        .router
+        .layer(axum::middleware::from_fn(move |req, next| {
+            within_deadline(deadline, req, next)
+        }));
     api.layer(DefaultBodyLimit::max(max_body_bytes))
         .merge(loads)
+}
+
+/// Runs a request, answering 503 (retryable) when it takes longer than `deadline`. The
+/// handler is dropped, which rolls its transaction back.
+async fn within_deadline(
+    deadline: std::time::Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(?deadline, "request took longer than its deadline");
+            ApiError::Client {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "timeout",
+                message: format!(
+                    "the request did not finish within {} s; retry",
+                    deadline.as_secs_f64()
+                ),
+            }
+            .into_response()
+        }
+    }
 }
 
 /// A router and the (method, path) of every route in it, recorded by the call that adds the
@@ -158,6 +212,16 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI)
 }
 
+/// A pooled connection as the client API keys are looked up with.
+struct Pooled(deadpool_postgres::Object);
+
+impl std::ops::Deref for Pooled {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.0
+    }
+}
+
 /// Authenticates the caller and checks it may do `scope` on `tenant`.
 pub(crate) async fn authorize(
     s: &Ingest,
@@ -176,12 +240,16 @@ pub(crate) async fn authorize_any(
     scopes: &[Scope],
 ) -> Result<Principal, ApiError> {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let client = s.pool.get().await?;
+    // A connection only for an API key that must be looked up: an anonymous or malformed
+    // credential never waits for one.
     let principal = s
         .auth
-        .authenticate(header("authorization"), header("x-api-key"), &client)
+        .authenticate_with(header("authorization"), header("x-api-key"), || async {
+            s.pool.get().await.map(Pooled).map_err(|e| {
+                lily_auth::AuthError::unavailable(format!("no connection for the key look-up: {e}"))
+            })
+        })
         .await?;
-    drop(client);
     principal.require_tenant(tenant)?;
     let mut refused = None;
     for scope in scopes {
@@ -233,14 +301,18 @@ fn check_count(n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn unique<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Result<(), ApiError> {
+fn unique<K: Eq + std::hash::Hash + std::fmt::Debug>(
+    what: &str,
+    keys: impl Iterator<Item = K>,
+) -> Result<(), ApiError> {
     let mut seen = std::collections::HashSet::new();
-    for n in names {
-        if !seen.insert(n) {
+    for k in keys {
+        if seen.contains(&k) {
             return Err(ApiError::unprocessable(format!(
-                "{what} {n:?} appears twice in the request"
+                "{what} {k:?} appears twice in the request"
             )));
         }
+        seen.insert(k);
     }
     Ok(())
 }
@@ -315,7 +387,10 @@ async fn assets(
     }
     unique(
         "qualified_name",
-        req.upsert.iter().map(|a| a.qualified_name.as_str()),
+        req.upsert
+            .iter()
+            .map(|a| a.qualified_name.as_str())
+            .chain(req.delete.iter().map(String::as_str)),
     )?;
     let names: Vec<&str> = req
         .upsert
@@ -324,7 +399,7 @@ async fn assets(
         .chain(req.delete.iter().map(String::as_str))
         .collect();
     let mut client = s.pool.get().await?;
-    let tx = store::begin(&mut client, &tenant).await?;
+    let tx = store::begin(&mut client, &tenant, &s.limits).await?;
     let result = store::write_assets(&tx, &tenant, &req.upsert, &req.delete).await?;
     finish(
         tx,
@@ -363,6 +438,14 @@ async fn lineage(
             )));
         }
     }
+    // One edge twice would be written twice in one statement, which the server refuses.
+    unique(
+        "edge (upstream, downstream, process)",
+        req.upsert
+            .iter()
+            .chain(&req.delete)
+            .map(|e| (&e.upstream, &e.downstream, &e.process)),
+    )?;
     let names: Vec<&str> = req
         .upsert
         .iter()
@@ -370,7 +453,7 @@ async fn lineage(
         .map(|e| e.downstream.as_str())
         .collect();
     let mut client = s.pool.get().await?;
-    let tx = store::begin(&mut client, &tenant).await?;
+    let tx = store::begin(&mut client, &tenant, &s.limits).await?;
     let result = store::write_lineage(&tx, &tenant, &req.upsert, &req.delete).await?;
     finish(
         tx,
@@ -403,6 +486,13 @@ async fn classifications(
             )));
         }
     }
+    unique(
+        "classification (qualified_name, tag)",
+        req.upsert
+            .iter()
+            .chain(&req.delete)
+            .map(|t| (&t.qualified_name, &t.tag)),
+    )?;
     let names: Vec<&str> = req
         .upsert
         .iter()
@@ -410,7 +500,7 @@ async fn classifications(
         .map(|t| t.qualified_name.as_str())
         .collect();
     let mut client = s.pool.get().await?;
-    let tx = store::begin(&mut client, &tenant).await?;
+    let tx = store::begin(&mut client, &tenant, &s.limits).await?;
     let result = store::write_classifications(&tx, &tenant, &req.upsert, &req.delete).await?;
     finish(
         tx,
@@ -495,7 +585,7 @@ async fn load_status(
     }
     let memory = loads.status_of(&job_id).filter(|j| j.tenant == tenant);
     let mut client = s.pool.get().await?;
-    let tx = store::begin(&mut client, &tenant).await?;
+    let tx = store::begin(&mut client, &tenant, &s.limits).await?;
     // The tenant filter repeats what row-level security enforces.
     let row = tx
         .query_opt(

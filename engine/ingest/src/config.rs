@@ -1,12 +1,18 @@
 //! The `[ingest]` section of the engine's config file.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 /// The ingest API. Without this section the binary serves only /healthz, /readyz and /metrics.
+///
+/// Keys other than the settings below are inbound hooks, `[[ingest.<type>]]` with a type of
+/// the engine's registry (`monte_carlo`, `okta`, ...): [`IngestConfig::validate`] refuses any
+/// other key, as `deny_unknown_fields` would (which serde cannot combine with the flattened
+/// hook tables).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// Largest request body accepted, in bytes; bigger ones get 413.
     #[serde(default = "default_max_body")]
@@ -17,12 +23,6 @@ pub struct IngestConfig {
     /// Accept OIDC access tokens from this issuer (besides API keys).
     #[serde(default)]
     pub oidc: Option<lily_auth::OidcConfig>,
-    /// Monte Carlo webhooks, one per tenant, at `/v1/tenants/{tenant}/webhooks/monte-carlo`.
-    #[serde(default)]
-    pub monte_carlo: Vec<lily_montecarlo::MonteCarloHookConfig>,
-    /// Okta event hooks, one per tenant, at `/v1/tenants/{tenant}/webhooks/okta`.
-    #[serde(default)]
-    pub okta: Vec<lily_okta::OktaHookConfig>,
     /// Directory where uploaded bulk-load files (`POST /v1/tenants/{tenant}/loads`) wait and
     /// load; files of unfinished loads left there resume at the next start. One per process,
     /// on a disk with room for `max_queued_loads` uploads. Without it the load routes answer
@@ -44,6 +44,64 @@ pub struct IngestConfig {
     /// 429 with Retry-After.
     #[serde(default = "default_queued_loads")]
     pub max_queued_loads: usize,
+    /// Longest a request waits for a metastore connection, in milliseconds (503 beyond).
+    #[serde(default = "default_pool_wait_ms")]
+    pub pool_wait_ms: u64,
+    /// `statement_timeout` of each request's transaction, in milliseconds.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// `lock_timeout` of each request's transaction, in milliseconds: a write that waits this
+    /// long for a lock is answered 503 instead of holding its connection.
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+    /// Longest a JSON or webhook request may take, end to end, in seconds (503 beyond). Load
+    /// uploads are bounded by `load_upload_idle_secs` and `max_load_bytes` instead.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// The inbound hooks by type: each an array of tables, one per tenant, whose settings the
+    /// hook's connector parses.
+    #[serde(flatten)]
+    pub hooks: BTreeMap<String, toml::Value>,
+}
+
+fn default_pool_wait_ms() -> u64 {
+    2_000
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    15_000
+}
+
+fn default_lock_timeout_ms() -> u64 {
+    3_000
+}
+
+fn default_request_timeout_secs() -> u64 {
+    30
+}
+
+/// The bounds on each ingest request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Waiting for a pooled connection.
+    pub pool_wait: Duration,
+    /// `statement_timeout` in the request's transaction.
+    pub statement_timeout: Duration,
+    /// `lock_timeout` in the request's transaction.
+    pub lock_timeout: Duration,
+    /// The whole request (JSON and webhook routes).
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            pool_wait: Duration::from_millis(default_pool_wait_ms()),
+            statement_timeout: Duration::from_millis(default_statement_timeout_ms()),
+            lock_timeout: Duration::from_millis(default_lock_timeout_ms()),
+            request_timeout: Duration::from_secs(default_request_timeout_secs()),
+        }
+    }
 }
 
 fn default_max_body() -> usize {
@@ -71,8 +129,25 @@ fn default_queued_loads() -> usize {
 }
 
 impl IngestConfig {
-    /// Checks the values before anything is built.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values before anything is built; `hook_types` are the inbound hook types
+    /// the engine knows (its registry's).
+    pub fn validate(&self, hook_types: &[&str]) -> Result<(), String> {
+        for (key, value) in &self.hooks {
+            if !hook_types.contains(&key.as_str()) {
+                return Err(format!(
+                    "ingest: unknown key `{key}`; inbound hook types are {}",
+                    hook_types.join(", ")
+                ));
+            }
+            let tables = value
+                .as_array()
+                .is_some_and(|a| a.iter().all(toml::Value::is_table));
+            if !tables {
+                return Err(format!(
+                    "ingest.{key}: a hook is a table, one per tenant: write `[[ingest.{key}]]`"
+                ));
+            }
+        }
         if self.max_body_bytes < 1024 {
             return Err("ingest.max_body_bytes must be at least 1024".into());
         }
@@ -91,6 +166,18 @@ impl IngestConfig {
         if self.max_queued_loads == 0 || self.max_queued_loads > 1024 {
             return Err("ingest.max_queued_loads must be between 1 and 1024".into());
         }
+        if !(10..=60_000).contains(&self.pool_wait_ms) {
+            return Err("ingest.pool_wait_ms must be between 10 and 60000".into());
+        }
+        if !(100..=3_600_000).contains(&self.statement_timeout_ms) {
+            return Err("ingest.statement_timeout_ms must be between 100 and 3600000".into());
+        }
+        if !(10..=3_600_000).contains(&self.lock_timeout_ms) {
+            return Err("ingest.lock_timeout_ms must be between 10 and 3600000".into());
+        }
+        if !(1..=3600).contains(&self.request_timeout_secs) {
+            return Err("ingest.request_timeout_secs must be between 1 and 3600".into());
+        }
         if self
             .load_spool_dir
             .as_ref()
@@ -99,6 +186,16 @@ impl IngestConfig {
             return Err("ingest.load_spool_dir must not be empty".into());
         }
         Ok(())
+    }
+
+    /// The bounds on each request.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            pool_wait: Duration::from_millis(self.pool_wait_ms),
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+            lock_timeout: Duration::from_millis(self.lock_timeout_ms),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+        }
     }
 
     /// The bulk-load settings, when loads are enabled (`load_spool_dir` set).
@@ -117,16 +214,37 @@ impl IngestConfig {
 mod tests {
     use super::*;
 
+    const HOOKS: &[&str] = &["monte_carlo", "okta"];
+
+    #[test]
+    fn keys_that_are_no_setting_must_be_hooks() {
+        let parse = |text: &str| toml::from_str::<IngestConfig>(text).unwrap();
+        let typo = parse("load_spool = \"x\"").validate(HOOKS).unwrap_err();
+        assert_eq!(
+            typo,
+            "ingest: unknown key `load_spool`; inbound hook types are monte_carlo, okta"
+        );
+        let hooks = parse("[[okta]]\ntenant_id = \"a\"\n[[okta]]\ntenant_id = \"b\"");
+        hooks.validate(HOOKS).unwrap();
+        assert_eq!(hooks.hooks["okta"].as_array().unwrap().len(), 2);
+        let not_tables = parse("okta = \"a\"").validate(HOOKS).unwrap_err();
+        assert!(not_tables.contains("[[ingest.okta]]"), "{not_tables}");
+        // The settings keep their types through the flattening.
+        let typed = parse("max_body_bytes = 2048\npool_size = 3");
+        assert_eq!((typed.max_body_bytes, typed.pool_size), (2048, 3));
+        assert!(toml::from_str::<IngestConfig>("pool_size = \"three\"").is_err());
+    }
+
     #[test]
     fn loads_are_off_by_default_and_validated() {
         let cfg: IngestConfig = toml::from_str("").unwrap();
-        cfg.validate().unwrap();
+        cfg.validate(HOOKS).unwrap();
         assert!(cfg.loads().is_none());
         let cfg: IngestConfig = toml::from_str(
             "load_spool_dir = \"/var/spool/lily\"\nmax_load_bytes = 1048576\nmax_concurrent_loads = 2\nmax_queued_loads = 4\nload_upload_idle_secs = 5",
         )
         .unwrap();
-        cfg.validate().unwrap();
+        cfg.validate(HOOKS).unwrap();
         let loads = cfg.loads().unwrap();
         assert_eq!(loads.spool_dir, PathBuf::from("/var/spool/lily"));
         assert_eq!(
@@ -144,9 +262,8 @@ mod tests {
             "load_spool_dir = \"\"",
         ] {
             let cfg: IngestConfig = toml::from_str(bad).unwrap();
-            assert!(cfg.validate().is_err(), "{bad}");
+            assert!(cfg.validate(HOOKS).is_err(), "{bad}");
         }
-        assert!(toml::from_str::<IngestConfig>("load_spool = \"x\"").is_err());
         let defaults: IngestConfig = toml::from_str("load_spool_dir = \"s\"").unwrap();
         let loads = defaults.loads().unwrap();
         assert_eq!(

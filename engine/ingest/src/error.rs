@@ -71,16 +71,7 @@ impl ApiError {
             ApiError::Auth(e) => {
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
-            ApiError::Store(e) => match e.code().map(|c| c.code()) {
-                // Constraint violations are the caller's data.
-                Some(c) if c.starts_with("23") || c.starts_with("22") => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                // Row-level security refused a row: never expected past the handler's own
-                // tenant check, so it is answered like any other refusal.
-                Some("42501") => StatusCode::FORBIDDEN,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            },
+            ApiError::Store(e) => store_status(e),
             ApiError::Pool(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Loads(e) => match e {
                 LoadsError::NotEnabled | LoadsError::NotFound => StatusCode::NOT_FOUND,
@@ -95,6 +86,56 @@ impl ApiError {
                 }
             },
         }
+    }
+}
+
+/// What a metastore error means for the request. Only what a retry can fix is 503 (with
+/// `Retry-After`): a lost connection, a timeout, a lock or serialization conflict, a server
+/// short of resources or shutting down. The request's own data (integrity, data, cardinality and
+/// size limits) is 422: sending it again gives the same answer. Anything else (a statement the
+/// server cannot plan) is the server's bug: 500.
+fn store_status(e: &tokio_postgres::Error) -> StatusCode {
+    sqlstate_status(e.code().map(|c| c.code()))
+}
+
+fn sqlstate_status(code: Option<&str>) -> StatusCode {
+    let Some(code) = code else {
+        // No SQLSTATE: the connection failed or closed.
+        return StatusCode::SERVICE_UNAVAILABLE;
+    };
+    if code == "42501" {
+        // Row-level security refused a row: never expected past the handler's own tenant
+        // check, so it is answered like any other refusal.
+        return StatusCode::FORBIDDEN;
+    }
+    match code.get(..2).unwrap_or_default() {
+        // Integrity, data, cardinality (a row named twice), program limits (an index row
+        // too big).
+        "23" | "22" | "21" | "54" => StatusCode::UNPROCESSABLE_ENTITY,
+        // Connection, transaction rollback (serialization, deadlock), resources, object not
+        // in prerequisite state (lock_timeout), operator intervention (statement timeout,
+        // shutdown), system errors.
+        "08" | "40" | "53" | "55" | "57" | "58" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The server's message for a refused write, with what it means for the request where the
+/// server's words are about the statement rather than the data.
+fn unprocessable_message(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return "invalid data".into();
+    };
+    match db.code().code() {
+        "21000" => format!(
+            "the request names the same row more than once ({})",
+            db.message()
+        ),
+        "54000" => format!(
+            "a value is too large for the metastore's index or limits ({})",
+            db.message()
+        ),
+        _ => db.message().to_string(),
     }
 }
 
@@ -119,12 +160,14 @@ impl IntoResponse for ApiError {
                     e.public_message().to_string(),
                 )
             }
-            ApiError::Store(e) if status == StatusCode::UNPROCESSABLE_ENTITY => (
-                "unprocessable",
-                e.as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_else(|| "invalid data".into()),
-            ),
+            ApiError::Store(e) if status == StatusCode::UNPROCESSABLE_ENTITY => {
+                tracing::info!(error = %lily_pg::describe(e), "write refused by the metastore");
+                ("unprocessable", unprocessable_message(e))
+            }
+            ApiError::Store(e) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(error = %lily_pg::describe(e), "ingest fault");
+                ("internal", "internal error".into())
+            }
             ApiError::Loads(e) => match e {
                 LoadsError::NotEnabled => ("not_enabled", e.to_string()),
                 LoadsError::NotFound => ("not_found", e.to_string()),
@@ -147,6 +190,10 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %self, "row-level security refused a write");
                 ("forbidden", "forbidden".into())
             }
+            ApiError::Store(e) => {
+                tracing::warn!(error = %lily_pg::describe(e), "ingest failed; the client may retry");
+                ("unavailable", "the metastore is unavailable; retry".into())
+            }
             _ => {
                 tracing::warn!(error = %self, "ingest failed; the client may retry");
                 ("unavailable", "the metastore is unavailable; retry".into())
@@ -168,5 +215,35 @@ impl IntoResponse for ApiError {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_a_retry_can_fix_is_503() {
+        for (code, status) in [
+            (None, 503),
+            (Some("08006"), 503), // connection failure
+            (Some("40001"), 503), // serialization failure
+            (Some("40P01"), 503), // deadlock
+            (Some("53300"), 503), // too many connections
+            (Some("55P03"), 503), // lock_timeout
+            (Some("57014"), 503), // statement_timeout
+            (Some("57P01"), 503), // admin shutdown
+            (Some("23505"), 422), // unique violation
+            (Some("23503"), 422), // foreign key
+            (Some("22001"), 422), // value too long
+            (Some("21000"), 422), // ON CONFLICT affecting a row twice
+            (Some("54000"), 422), // index row too large
+            (Some("42501"), 403), // row-level security
+            (Some("42P01"), 500), // the server's own bug: no such table
+            (Some("42601"), 500), // syntax error
+            (Some("XX000"), 500),
+        ] {
+            assert_eq!(sqlstate_status(code).as_u16(), status, "{code:?}");
+        }
     }
 }

@@ -20,15 +20,27 @@ pub fn asset_guid(tenant: &str, qualified_name: &str) -> uuid::Uuid {
     )
 }
 
-/// Opens the request's transaction as the tenant.
+/// Opens the request's transaction as the tenant, bounded: a statement that runs longer than
+/// the statement timeout, or waits for a lock longer than the lock timeout, fails (503, a
+/// retry may succeed) instead of holding the connection. One round trip after `BEGIN`:
+/// `set_config('role', ..., true)` is `SET LOCAL ROLE`.
 pub(crate) async fn begin<'a>(
     client: &'a mut deadpool_postgres::Object,
     tenant: &str,
+    limits: &crate::config::Limits,
 ) -> Result<Transaction<'a>, ApiError> {
     let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL ROLE lily_ingest").await?;
-    tx.execute("SELECT set_config('lily.tenant', $1, true)", &[&tenant])
-        .await?;
+    let ms = |d: std::time::Duration| format!("{}ms", d.as_millis().max(1));
+    tx.execute(
+        "SELECT set_config('role', 'lily_ingest', true), set_config('lily.tenant', $1, true), \
+                set_config('statement_timeout', $2, true), set_config('lock_timeout', $3, true)",
+        &[
+            &tenant,
+            &ms(limits.statement_timeout),
+            &ms(limits.lock_timeout),
+        ],
+    )
+    .await?;
     Ok(tx)
 }
 

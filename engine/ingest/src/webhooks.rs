@@ -7,9 +7,7 @@
 //! `lily.inbound_events`, writes the new ones and audits the delivery, so a repeated delivery
 //! changes nothing.
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,7 +16,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use lily_inbound::{Ack, Admission, HookError, InboundHook, Method, Request, Route, Writes};
+use lily_inbound::{
+    Ack, Admission, HookError, HookKind, InboundHook, Method, Request, Route, TenantHook, Writes,
+};
 use lily_transform::{SourceTable, Transform};
 use serde_json::{json, Map, Value};
 
@@ -29,10 +29,6 @@ use crate::store;
 /// Why the hooks could not be set up. All are configuration mistakes: fix and restart.
 #[derive(Debug, thiserror::Error)]
 pub enum HooksError {
-    #[error(transparent)]
-    MonteCarlo(#[from] lily_montecarlo::ConfigError),
-    #[error(transparent)]
-    Okta(#[from] lily_okta::ConfigError),
     #[error("two {hook} hooks for tenant {tenant}")]
     DuplicateTenant { hook: &'static str, tenant: String },
     /// Two senders under one name would share their de-duplication keys.
@@ -48,58 +44,31 @@ pub enum HooksError {
     Sql { hook: &'static str, message: String },
 }
 
-/// The registered kinds of hook, each with the hooks its tenants configured.
+/// The registered kinds of hook, each with the hooks its tenants configured. The engine
+/// registers every inbound connector of its registry, configured or not.
 #[derive(Default)]
 pub struct Hooks {
-    registered: Vec<Arc<dyn Registered>>,
+    registered: Vec<Arc<Sender>>,
 }
 
 impl Hooks {
-    /// Monte Carlo and Okta, one hook per configured tenant: reads the secrets and plans the
-    /// pre-ingest transforms. (This is the list of inbound connectors until the binary holds
-    /// the one list of all connectors and calls [`Hooks::register`] itself.)
-    pub async fn build(
-        monte_carlo: &[lily_montecarlo::MonteCarloHookConfig],
-        okta: &[lily_okta::OktaHookConfig],
-    ) -> Result<Hooks, HooksError> {
-        let mut hooks = Hooks::default();
-        hooks
-            .register(
-                monte_carlo
-                    .iter()
-                    .map(lily_montecarlo::MonteCarloHookConfig::build)
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-            .await?;
-        hooks
-            .register(
-                okta.iter()
-                    .map(lily_okta::OktaHookConfig::build)
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-            .await?;
-        Ok(hooks)
-    }
-
     /// Adds a kind of hook with its tenants' hooks (none is fine: its routes are served all the
     /// same, and answer 404 for every tenant, so the API's shape does not depend on
     /// configuration). Plans its SQL once, now, so a broken query fails at start-up.
-    pub async fn register<H: InboundHook>(
-        &mut self,
-        hooks: impl IntoIterator<Item = H>,
-    ) -> Result<(), HooksError> {
-        if self.registered.iter().any(|r| r.source() == H::SOURCE) {
-            return Err(HooksError::DuplicateSource(H::SOURCE));
+    pub async fn register(&mut self, kind: HookKind) -> Result<(), HooksError> {
+        let source = kind.source;
+        if self.registered.iter().any(|r| r.kind.source == source) {
+            return Err(HooksError::DuplicateSource(source));
         }
-        for (i, route) in H::ROUTES.iter().enumerate() {
+        for (i, route) in kind.routes.iter().enumerate() {
             let problem = if !is_segment(route.path) {
                 Some("not one path segment of lower-case letters, digits and `-`")
-            } else if H::ROUTES[..i].contains(route) {
+            } else if kind.routes[..i].contains(route) {
                 Some("listed twice")
             } else if self
                 .registered
                 .iter()
-                .any(|r| r.routes().iter().any(|other| other.path == route.path))
+                .any(|r| r.kind.routes.iter().any(|other| other.path == route.path))
             {
                 Some("another hook's")
             } else {
@@ -107,37 +76,44 @@ impl Hooks {
             };
             if let Some(problem) = problem {
                 return Err(HooksError::BadRoute {
-                    hook: H::SOURCE,
+                    hook: source,
                     path: route.path,
                     problem,
                 });
             }
         }
-        let mut tenants = HashMap::new();
-        for hook in hooks {
-            let tenant = hook.tenant().to_string();
-            if tenants.insert(tenant.clone(), hook).is_some() {
+        let mut tenants = HashSet::new();
+        for hook in &kind.hooks {
+            if !tenants.insert(hook.tenant().to_string()) {
                 return Err(HooksError::DuplicateTenant {
-                    hook: H::SOURCE,
-                    tenant,
+                    hook: source,
+                    tenant: hook.tenant().to_string(),
                 });
             }
         }
-        let sql = TransformPool::new(H::SQL, H::events_schema())
+        let sql = TransformPool::new(kind.sql, kind.events_schema.clone())
             .await
             .map_err(|message| HooksError::Sql {
-                hook: H::SOURCE,
+                hook: source,
                 message,
             })?;
-        self.registered.push(Arc::new(Sender { tenants, sql }));
+        self.registered.push(Arc::new(Sender { kind, sql }));
         Ok(())
     }
 
+    /// [`Hooks::register`] for sender `H` with these tenants' hooks.
+    pub async fn register_hooks<H: InboundHook>(
+        &mut self,
+        hooks: Vec<H>,
+    ) -> Result<(), HooksError> {
+        self.register(HookKind::of(hooks)).await
+    }
+
     /// Every route of every registered hook, with the hook that serves it.
-    pub(crate) fn routes(&self) -> impl Iterator<Item = (Arc<dyn Registered>, Route)> + '_ {
+    pub(crate) fn routes(&self) -> impl Iterator<Item = (Arc<Sender>, Route)> + '_ {
         self.registered
             .iter()
-            .flat_map(|r| r.routes().iter().map(move |route| (r.clone(), *route)))
+            .flat_map(|r| r.kind.routes.iter().map(move |route| (r.clone(), *route)))
     }
 }
 
@@ -148,53 +124,23 @@ fn is_segment(path: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-/// A boxed future of a delivery's answer.
-type Answer<'a> = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send + 'a>>;
-
-/// A kind of hook with its types erased, so the router can hold every kind in one list.
-pub(crate) trait Registered: Send + Sync {
-    fn source(&self) -> &'static str;
-    fn routes(&self) -> &'static [Route];
-    /// One request to one of [`Registered::routes`], for `tenant`.
-    fn handle<'a>(
-        &'a self,
-        ingest: &'a Ingest,
-        tenant: String,
-        method: Method,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Answer<'a>;
-}
-
 /// One kind of hook: its tenants' hooks and its planned SQL.
-struct Sender<H> {
-    tenants: HashMap<String, H>,
+pub(crate) struct Sender {
+    kind: HookKind,
     sql: TransformPool,
 }
 
-impl<H: InboundHook> Registered for Sender<H> {
-    fn source(&self) -> &'static str {
-        H::SOURCE
+impl Sender {
+    fn hook(&self, tenant: &str) -> Option<&dyn TenantHook> {
+        self.kind
+            .hooks
+            .iter()
+            .find(|h| h.tenant() == tenant)
+            .map(|h| h.as_ref())
     }
 
-    fn routes(&self) -> &'static [Route] {
-        H::ROUTES
-    }
-
-    fn handle<'a>(
-        &'a self,
-        ingest: &'a Ingest,
-        tenant: String,
-        method: Method,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Answer<'a> {
-        Box::pin(self.deliver(ingest, tenant, method, headers, body))
-    }
-}
-
-impl<H: InboundHook> Sender<H> {
-    async fn deliver(
+    /// One request to one of the kind's routes, for `tenant`.
+    pub(crate) async fn deliver(
         &self,
         s: &Ingest,
         tenant: String,
@@ -203,38 +149,41 @@ impl<H: InboundHook> Sender<H> {
         body: Bytes,
     ) -> Result<Response, ApiError> {
         let started = Instant::now();
-        let hook = self.tenants.get(&tenant).ok_or_else(not_configured)?;
+        let source = self.kind.source;
+        let key = self.kind.idempotency_key;
+        let hook = self.hook(&tenant).ok_or_else(not_configured)?;
         let admission = hook.admit(&Request {
             method,
             headers: &HeaderView(&headers),
             body: &body,
         });
-        match admission.map_err(|e| refused(H::SOURCE, &tenant, e))? {
+        match admission.map_err(|e| refused(source, &tenant, e))? {
             Admission::Answer(answer) => return Ok(Json(answer).into_response()),
             Admission::Ingest => {}
         }
         let batch = hook
             .events(&body)
-            .map_err(|e| refused(H::SOURCE, &tenant, e))?;
+            .map_err(|e| refused(source, &tenant, e))?;
         let rows = self.sql.run(batch).await?;
+        check_ids(&rows, key)?;
         let mut client = s.pool.get().await?;
-        let tx = store::begin(&mut client, &tenant).await?;
+        let tx = store::begin(&mut client, &tenant, &s.limits).await?;
         // Sorted, so concurrent deliveries of overlapping keys take their locks in one order.
         let mut keys: Vec<String> = rows
             .iter()
-            .filter_map(|r| text(r, H::IDEMPOTENCY_KEY).map(str::to_string))
+            .filter_map(|r| text(r, key).map(str::to_string))
             .collect();
         keys.sort();
         keys.dedup();
-        let new = first_seen(&tx, &tenant, H::SOURCE, &keys).await?;
+        let new = first_seen(&tx, &tenant, source, &keys).await?;
         let fresh: Vec<&Map<String, Value>> = rows
             .iter()
-            .filter(|r| text(r, H::IDEMPOTENCY_KEY).is_some_and(|k| new.contains(k)))
+            .filter(|r| text(r, key).is_some_and(|k| new.contains(k)))
             .collect();
         let (action, detail) = match hook.writes() {
             Writes::Incidents { connection } => {
                 let (written, unattached) =
-                    write_incidents(&tx, &tenant, H::SOURCE, connection, &fresh).await?;
+                    write_incidents(&tx, &tenant, source, connection, &fresh).await?;
                 let detail = json!({
                     "events": rows.len(),
                     "new": new.len(),
@@ -253,7 +202,7 @@ impl<H: InboundHook> Sender<H> {
         store::audit(
             &tx,
             &tenant,
-            &format!("webhook:{}", H::SOURCE),
+            &format!("webhook:{source}"),
             action,
             "",
             detail.clone(),
@@ -262,11 +211,38 @@ impl<H: InboundHook> Sender<H> {
         tx.commit().await?;
         metrics::histogram!("lily_ingest_seconds", "action" => action)
             .record(started.elapsed().as_secs_f64());
-        Ok(match H::ACK {
+        Ok(match self.kind.ack {
             Ack::Summary => Json(detail).into_response(),
             Ack::NoContent => StatusCode::NO_CONTENT.into_response(),
         })
     }
+}
+
+/// Longest identifier a sender may give (an incident id, a user or group id), in bytes. The
+/// keys are indexed, and a btree entry holds at most about 2,700 bytes: a longer id would fail
+/// in the database on every redelivery. Real ids are tens of bytes.
+pub const MAX_EXTERNAL_ID_BYTES: usize = 512;
+
+/// Refuses a delivery whose identifiers are too long to be stored: a 400 the sender does not
+/// retry, not a database error it would retry forever.
+fn check_ids(rows: &[Map<String, Value>], key: &str) -> Result<(), ApiError> {
+    for r in rows {
+        for column in [key, "external_id", "group_id", "user_id"] {
+            if let Some(id) = text(r, column) {
+                if id.len() > MAX_EXTERNAL_ID_BYTES {
+                    return Err(ApiError::Client {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "bad_payload",
+                        message: format!(
+                            "{column} is {} bytes long; at most {MAX_EXTERNAL_ID_BYTES}",
+                            id.len()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Request headers as hooks read them: a value that is not visible ASCII counts as absent.
@@ -529,19 +505,7 @@ impl TransformPool {
 }
 
 fn objects(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, ApiError> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::JsonArray>(&mut buf);
-        w.write(batch)
-            .and_then(|_| w.finish())
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-    }
-    if buf.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&buf).map_err(|e| ApiError::internal(e.to_string()))
+    lily_batch::json::objects(batch).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -586,13 +550,23 @@ mod tests {
     async fn registration_refuses_what_would_be_ambiguous() {
         let unsigned: lily_montecarlo::MonteCarloHookConfig =
             toml::from_str("tenant_id = \"acme\"\nallow_unsigned = true").unwrap();
-        let err = Hooks::build(&[unsigned.clone(), unsigned], &[])
+        let mut hooks = Hooks::default();
+        let err = hooks
+            .register_hooks(vec![unsigned.build().unwrap(), unsigned.build().unwrap()])
             .await
             .err()
             .unwrap();
         assert_eq!(err.to_string(), "two monte_carlo hooks for tenant acme");
 
-        let mut hooks = Hooks::build(&[], &[]).await.unwrap();
+        let mut hooks = Hooks::default();
+        hooks
+            .register_hooks(Vec::<lily_montecarlo::MonteCarloHook>::new())
+            .await
+            .unwrap();
+        hooks
+            .register_hooks(Vec::<lily_okta::OktaHook>::new())
+            .await
+            .unwrap();
         let served: Vec<(Method, &str)> = hooks.routes().map(|(_, r)| (r.method, r.path)).collect();
         assert_eq!(
             served,
@@ -602,14 +576,16 @@ mod tests {
                 (Method::Post, "okta")
             ]
         );
-        let again = hooks.register(Vec::<lily_okta::OktaHook>::new()).await;
+        let again = hooks
+            .register_hooks(Vec::<lily_okta::OktaHook>::new())
+            .await;
         assert!(matches!(again, Err(HooksError::DuplicateSource("okta"))));
-        let clash = hooks.register(Vec::<Routed<false>>::new()).await;
+        let clash = hooks.register_hooks(Vec::<Routed<false>>::new()).await;
         assert_eq!(
             clash.err().unwrap().to_string(),
             "the clash hook's route /webhooks/okta: another hook's"
         );
-        let bad = hooks.register(Vec::<Routed<true>>::new()).await;
+        let bad = hooks.register_hooks(Vec::<Routed<true>>::new()).await;
         assert!(
             matches!(
                 bad,

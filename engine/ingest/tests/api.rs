@@ -20,6 +20,25 @@ struct Server {
 
 const MAX_BODY: usize = 64 * 1024;
 
+/// Every inbound hook of the engine's registry, with these tenants' Monte Carlo and Okta hooks.
+async fn hooks(
+    monte_carlo: &[lily_montecarlo::MonteCarloHookConfig],
+    okta: &[lily_okta::OktaHookConfig],
+) -> lily_ingest::Hooks {
+    let mut hooks = lily_ingest::Hooks::default();
+    for entry in &lily_registry::registry().hooks {
+        let kind = match entry.type_name() {
+            "monte_carlo" => {
+                lily_ingest::HookKind::of(monte_carlo.iter().map(|c| c.build().unwrap()).collect())
+            }
+            "okta" => lily_ingest::HookKind::of(okta.iter().map(|c| c.build().unwrap()).collect()),
+            _ => entry.build(None).unwrap(),
+        };
+        hooks.register(kind).await.unwrap();
+    }
+    hooks
+}
+
 async fn start() -> Server {
     start_with(Vec::new(), Vec::new(), None).await
 }
@@ -65,9 +84,7 @@ async fn start_with(
         .build()
         .unwrap();
     let jwt = oidc.map(|c| lily_auth::JwtVerifier::new(c).unwrap());
-    let hooks = lily_ingest::Hooks::build(&monte_carlo, &okta)
-        .await
-        .unwrap();
+    let hooks = hooks(&monte_carlo, &okta).await;
     let routes = lily_ingest::served_routes(&hooks);
     let ingest =
         lily_ingest::Ingest::new(pool, Authenticator::new(ApiKeys::uncached(), jwt), hooks);
@@ -494,7 +511,7 @@ fn documented() -> BTreeSet<(String, String)> {
 async fn openapi_document_matches_the_routes() {
     let doc: Value = serde_json::from_str(lily_ingest::OPENAPI).unwrap();
     let documented = documented();
-    let hooks = lily_ingest::Hooks::build(&[], &[]).await.unwrap();
+    let hooks = hooks(&[], &[]).await;
     let mut served: BTreeSet<(String, String)> = lily_ingest::served_routes(&hooks)
         .into_iter()
         .map(|(m, p)| (m.to_string(), p))
@@ -889,4 +906,98 @@ async fn oidc_tokens_act_for_their_tenant_only() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(principals, vec!["jwt:ana".to_string()]);
+}
+
+/// A request that can never succeed is a 4xx naming the problem, never 503 + `Retry-After`
+/// (which tells a client, and Monte Carlo or Okta, to send it again forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_succeed_are_not_told_to_retry() {
+    use lily_montecarlo::fake::{FakeMonteCarlo, Incident, IncidentEvent, Notification, Signing};
+    let s = start_with(mc_hooks(), Vec::new(), None).await;
+    let (st, _) = s
+        .post(
+            Some("acme_all"),
+            "/v1/tenants/acme/assets",
+            &hierarchy("snow"),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let pair = json!({"qualified_name": "snow/db/sch/orders", "tag": "PII"});
+    let edge = json!({"upstream": "snow/db", "downstream": "snow/db/sch/orders", "process": "p"});
+    for (what, path, body) in [
+        (
+            "a classification twice",
+            "/v1/tenants/acme/classifications",
+            json!({"upsert": [pair, pair]}),
+        ),
+        (
+            "a classification upserted and deleted",
+            "/v1/tenants/acme/classifications",
+            json!({"upsert": [pair], "delete": [pair]}),
+        ),
+        (
+            "an edge twice",
+            "/v1/tenants/acme/lineage",
+            json!({"upsert": [edge, edge]}),
+        ),
+        (
+            "an asset upserted and deleted",
+            "/v1/tenants/acme/assets",
+            json!({"upsert": [{"type_name": "Connection", "qualified_name": "x", "name": "x"}], "delete": ["x"]}),
+        ),
+    ] {
+        let resp = s
+            .http
+            .post(format!("{}{path}", s.base))
+            .bearer_auth(&s.keys["acme_all"])
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 422, "{what}");
+        assert!(resp.headers().get("retry-after").is_none(), "{what}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unprocessable", "{what}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("appears twice"),
+            "{what}: {body}"
+        );
+    }
+    assert_eq!(
+        s.count("SELECT count(*) FROM meta.classifications").await,
+        0
+    );
+    assert_eq!(s.count("SELECT count(*) FROM meta.lineage_edges").await, 0);
+
+    // An incident id longer than any index entry: 400 naming the field, nothing written, and
+    // the hook still works.
+    let mc = FakeMonteCarlo::new(MC_SECRET);
+    let long_id = "i".repeat(4000);
+    let poison = Notification::Incident(Incident::new(
+        "acct-1",
+        &long_id,
+        vec![IncidentEvent::custom_sql("rule-1", "db:sch.orders")],
+    ));
+    let (st, body) = post_mc(&s, "acme", &mc.deliver(&poison, Signing::Signed)).await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(body["error"]["code"], "bad_payload", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 512"),
+        "{body}"
+    );
+    assert_eq!(s.count("SELECT count(*) FROM meta.incidents").await, 0);
+    assert_eq!(s.count("SELECT count(*) FROM lily.inbound_events").await, 0);
+    let fine = Notification::Incident(Incident::new(
+        "acct-1",
+        "inc-1",
+        vec![IncidentEvent::custom_sql("rule-1", "db:sch.orders")],
+    ));
+    let (st, body) = post_mc(&s, "acme", &mc.deliver(&fine, Signing::Signed)).await;
+    assert_eq!(st, 200, "{body}");
 }

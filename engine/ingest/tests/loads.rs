@@ -70,7 +70,7 @@ async fn start(tune: impl FnOnce(&mut LoadsSettings), prepare: impl FnOnce(&Path
     let ingest = lily_ingest::Ingest::with_loads(
         pool,
         Authenticator::new(ApiKeys::uncached(), None),
-        lily_ingest::Hooks::build(&[], &[]).await.unwrap(),
+        lily_ingest::Hooks::default(),
         Some(loads.clone()),
     );
     // A small JSON limit: uploads must not be bound by it.

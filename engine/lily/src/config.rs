@@ -292,10 +292,15 @@ impl FileConfig {
                 return Err("[source] application_name: use 1-40 ASCII characters".into());
             }
         }
-        if let Some(i) = &self.ingest {
-            i.validate().map_err(|e| format!("[ingest]: {e}"))?;
-        }
         let registry = lily_registry::registry();
+        if let Some(i) = &self.ingest {
+            i.validate(&registry.hook_types())
+                .map_err(|e| format!("[ingest]: {e}"))?;
+            for hook in &registry.hooks {
+                hook.check(i.hooks.get(hook.type_name()))
+                    .map_err(|e| format!("[ingest]: {e}"))?;
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for c in &self.consumers {
             c.validate(&self.text, &registry)?;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use lily_cdc::Capture;
-use tokio::sync::watch;
 
 use crate::{http, pipelines};
+use lily_runtime::ShutdownTrigger;
 
 /// One consumer to run: a registered type, its name and its settings.
 #[derive(Debug, Clone)]
@@ -74,11 +74,11 @@ pub(crate) async fn run(spec: Spec<'_>) -> anyhow::Result<()> {
     let ready = Arc::new(AtomicBool::new(false));
     let http_ready = ready.clone();
     let listener = http::bind(listen).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = ShutdownTrigger::new();
     let (ingest_routes, loads) = match ingest {
         Some(cfg) => {
-            let (routes, loads) = ingest_router(cfg, &pg).await?;
-            (Some(routes), loads)
+            let (routes, loads, api) = ingest_router(cfg, &pg).await?;
+            (Some((routes, api)), loads)
         }
         None => (None, None),
     };
@@ -131,7 +131,7 @@ pub(crate) async fn run(spec: Spec<'_>) -> anyhow::Result<()> {
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("Shutdown requested; draining.");
-        let _ = stop_tx.send(true);
+        stop_tx.trigger();
         // Running loads are cancelled (the open chunk rolls back) and resume at the next start.
         if let Some(loads) = signal_loads {
             loads.shutdown().await;
@@ -169,7 +169,7 @@ pub(crate) async fn run(spec: Spec<'_>) -> anyhow::Result<()> {
         }
     }
     // Also when capture ended on its own: the HTTP server stops with the engine.
-    let _ = stop_signal.send(true);
+    stop_signal.trigger();
     let _ = http_task.await;
     result.map_err(Into::into)
 }
@@ -181,9 +181,17 @@ pub(crate) async fn run(spec: Spec<'_>) -> anyhow::Result<()> {
 pub(crate) async fn ingest_router(
     cfg: &lily_ingest::IngestConfig,
     pg: &lily_pg::ConnectionConfig,
-) -> anyhow::Result<(axum::Router, Option<lily_ingest::Loads>)> {
-    cfg.validate().map_err(|e| anyhow::anyhow!(e))?;
-    let pool = lily_ingest::pool(pg, cfg.pool_size).map_err(|e| anyhow::anyhow!(e))?;
+) -> anyhow::Result<(
+    axum::Router,
+    Option<lily_ingest::Loads>,
+    Arc<lily_ingest::Ingest>,
+)> {
+    let registry = lily_registry::registry();
+    cfg.validate(&registry.hook_types())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let limits = cfg.limits();
+    let pool = lily_ingest::pool_with_wait(pg, cfg.pool_size, limits.pool_wait)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let jwt = match &cfg.oidc {
         Some(o) => Some(
             lily_auth::JwtVerifier::new(o.clone())
@@ -192,9 +200,18 @@ pub(crate) async fn ingest_router(
         None => None,
     };
     let auth = lily_auth::Authenticator::new(lily_auth::ApiKeys::new(), jwt);
-    let hooks = lily_ingest::Hooks::build(&cfg.monte_carlo, &cfg.okta)
-        .await
-        .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+    // Every inbound connector of the registry, configured or not: the API's routes do not
+    // depend on the configuration.
+    let mut hooks = lily_ingest::Hooks::default();
+    for entry in &registry.hooks {
+        let kind = entry
+            .build(cfg.hooks.get(entry.type_name()))
+            .map_err(|e| anyhow::anyhow!(e))?;
+        hooks
+            .register(kind)
+            .await
+            .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+    }
     let loads = match cfg.loads() {
         Some(settings) => {
             let dir = settings.spool_dir.display().to_string();
@@ -209,11 +226,9 @@ pub(crate) async fn ingest_router(
         }
         None => None,
     };
-    let router = lily_ingest::router(
-        lily_ingest::Ingest::with_loads(pool, auth, hooks, loads.clone()),
-        cfg.max_body_bytes,
-    );
-    Ok((router, loads))
+    let api = lily_ingest::Ingest::with_limits(pool, auth, hooks, loads.clone(), limits);
+    let router = lily_ingest::router(api.clone(), cfg.max_body_bytes);
+    Ok((router, loads, api))
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,5 @@
-//! /metrics (Prometheus text), /healthz (the process is up) and /readyz (capture is streaming
-//! and every pipeline runs).
+//! /metrics (Prometheus text), /healthz (the process is up) and /readyz (capture is streaming,
+//! every pipeline runs and, with the ingest API, the metastore answers).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use lily_runtime::Shutdown;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Installs the global metrics recorder. Call once, before anything records.
@@ -32,7 +33,12 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
 struct AppState {
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
+    /// The ingest API, whose metastore must answer for the process to be ready.
+    ingest: Option<Arc<lily_ingest::Ingest>>,
 }
+
+/// How long `/readyz` waits for the metastore's answer.
+const METASTORE_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Binds the HTTP address. A port that cannot be bound is fatal for the engine: without it
 /// there are no metrics, probes or ingest API.
@@ -50,21 +56,26 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
-    ingest: Option<Router>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    ingest: Option<(Router, Arc<lily_ingest::Ingest>)>,
+    stop: Shutdown,
 ) -> anyhow::Result<()> {
+    let (routes, api) = ingest.unzip();
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, ready });
-    let app = match ingest {
+        .with_state(AppState {
+            metrics,
+            ready,
+            ingest: api,
+        });
+    let app = match routes {
         Some(routes) => app.merge(routes),
         None => app,
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
+            let _ = stop.requested().await;
         })
         .await?;
     Ok(())
@@ -75,9 +86,14 @@ async fn render(State(s): State<AppState>) -> String {
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+    }
+    match &s.ingest {
+        Some(api) if !api.metastore_answers(METASTORE_PROBE).await => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the metastore does not answer\n",
+        ),
+        _ => (StatusCode::OK, "ready\n"),
     }
 }

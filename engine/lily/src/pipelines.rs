@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use lily_cdc::Capture;
 use lily_pipeline::{Loaded, Planned, Problem};
-use tokio::sync::watch;
+use lily_runtime::Shutdown;
 use tokio::task::JoinSet;
 
 /// An ordinary connection to the metastore for `role` (TLS and session settings from `lily_pg`).
@@ -125,7 +125,7 @@ pub(crate) async fn start_all(
     capture: &mut Capture,
     pg: &lily_pg::ConnectionConfig,
     slot: &str,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<usize> {
     let mut ledgers = Vec::new();
@@ -151,12 +151,12 @@ async fn prune_ledgers(
     pg: lily_pg::ConnectionConfig,
     slot: String,
     ledgers: Vec<Arc<lily_delivery::Ledger>>,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.requested() => return,
         }
         let confirmed = async {
             let client = connect(&pg, lily_pg::Role::Catalog).await?;

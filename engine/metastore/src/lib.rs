@@ -68,6 +68,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(7, "0007", "bulk_writes"),
     migration!(8, "0008", "partition_tenant_check"),
     migration!(9, "0009", "type_name_bytes"),
+    migration!(10, "0010", "tenant_roles"),
 ];
 
 /// All migrations, in order (for inspection).

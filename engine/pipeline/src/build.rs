@@ -14,12 +14,12 @@ use std::sync::Arc;
 use lily_connector::{Registry, SinkContext};
 use lily_delivery::{DeliverySettings, Ledger, Sink, SinkRunner};
 use lily_transform::{ScalarUDF, SourceTable, Transform};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::file::{PipelineFile, Problem, Source};
 use crate::pipeline::{Pipeline, PipelineSink};
 use crate::records::{check_output, Positions};
+use lily_runtime::Shutdown;
 
 /// A pipeline file that passed the pure checks, with its SQL.
 pub struct Loaded {
@@ -359,7 +359,7 @@ pub async fn plan(loaded: &Loaded, ctx: &PlanContext<'_>) -> Result<Planned, Vec
 pub async fn start(
     planned: Planned,
     pg: lily_pg::ConnectionConfig,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<Pipeline, lily_delivery::LedgerError> {
     let ledger = Ledger::open(pg, &planned.name, shutdown.clone()).await?;

@@ -12,9 +12,9 @@ use lily_cdc::{BatchKind, Delivery, Subscription};
 use lily_delivery::{Completion, Ledger, Record, SinkRunner};
 use lily_transform::{Transform, TransformError};
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 
 use crate::records::{key_text, to_rows, OutputRow, Positions};
+use lily_runtime::Shutdown;
 
 /// The name dead letters of rows the transform itself rejected are filed under.
 pub const TRANSFORM_STAGE: &str = "(transform)";
@@ -96,7 +96,7 @@ impl Pipeline {
     /// transformed together (up to [`MAX_GROUP_ROWS`]): the per-batch costs, above all the
     /// reference look-ups in the metastore, are then paid once per group, so a backlog drains
     /// instead of growing. A pipeline that keeps up sees one batch at a time, as captured.
-    pub async fn run(mut self, mut sub: Subscription, shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut sub: Subscription, shutdown: Shutdown) {
         let mut next: Option<Delivery> = None;
         loop {
             let first = match next.take() {
@@ -148,12 +148,7 @@ impl Pipeline {
 
     /// Handles consecutive deliveries of one table as one batch; false when shutdown
     /// interrupted it (the batches stay unacknowledged and are replayed after the restart).
-    async fn handle(
-        &mut self,
-        table: &str,
-        group: Vec<Delivery>,
-        shutdown: &watch::Receiver<bool>,
-    ) -> bool {
+    async fn handle(&mut self, table: &str, group: Vec<Delivery>, shutdown: &Shutdown) -> bool {
         let batches: Vec<RecordBatch> = group
             .iter()
             .filter_map(|d| self.rows_of(d))
@@ -247,7 +242,7 @@ impl Pipeline {
         table: &str,
         records: &RecordBatch,
         fallback_ts: i64,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Option<Vec<RecordBatch>> {
         match self.run_retrying(table, records, shutdown).await? {
             Ok(out) => Some(out),
@@ -279,7 +274,7 @@ impl Pipeline {
         &mut self,
         table: &str,
         records: &RecordBatch,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Option<Result<Vec<RecordBatch>, TransformError>> {
         let mut backoff =
             lily_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -289,10 +284,10 @@ impl Pipeline {
                 Err(e) if e.is_retryable() => {
                     let wait = backoff.next_wait();
                     tracing::warn!(pipeline = %self.name, error = %e, retry_in = ?wait, "transform needs the metastore; retrying");
-                    let mut s = shutdown.clone();
+                    let s = shutdown.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = s.wait_for(|s| *s) => return None,
+                        _ = s.requested() => return None,
                     }
                 }
                 Err(e) => return Some(Err(e)),
@@ -305,7 +300,7 @@ impl Pipeline {
         rows: &RecordBatch,
         error: &str,
         fallback_ts: i64,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) {
         let lsns = rows
             .column_by_name(lily_batch::COMMIT_LSN_COLUMN)
@@ -345,16 +340,5 @@ impl Pipeline {
 
 /// Rows as JSON objects (nulls kept).
 pub(crate) fn batch_to_objects(batch: &RecordBatch) -> Result<Vec<Map<String, Value>>, String> {
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow_json::writer::JsonArray>(&mut buf);
-        w.write(batch).map_err(|e| e.to_string())?;
-        w.finish().map_err(|e| e.to_string())?;
-    }
-    if buf.is_empty() {
-        return Ok(Vec::new());
-    }
-    serde_json::from_slice(&buf).map_err(|e| e.to_string())
+    lily_batch::json::objects(batch).map_err(|e| e.to_string())
 }

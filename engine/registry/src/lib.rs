@@ -1,7 +1,7 @@
 //! The one list of the engine's connectors. Adding a connector is its folder under
 //! `connectors/` plus one line here (and its dependency line in this crate's `Cargo.toml`).
 
-use lily_connector::{consumer, sink, HookDoc, Registry};
+use lily_connector::{consumer, hook, sink, Registry};
 
 /// Every connector the engine can run.
 pub fn registry() -> Registry {
@@ -16,14 +16,8 @@ pub fn registry() -> Registry {
             consumer::<lily_mirror::MirrorConsumer>(),
         ],
         hooks: vec![
-            HookDoc::new::<lily_montecarlo::MonteCarloHookConfig>(
-                "monte_carlo",
-                "Monte Carlo incident and alert webhooks (x-mcd-signature), written as incidents on the right assets",
-            ),
-            HookDoc::new::<lily_okta::OktaHookConfig>(
-                "okta",
-                "Okta event hooks (verification challenge, shared-secret header): users and group memberships",
-            ),
+            hook::<lily_montecarlo::MonteCarloConnector>(),
+            hook::<lily_okta::OktaConnector>(),
         ],
     }
 }
@@ -59,12 +53,20 @@ mod tests {
                 );
             }
         }
+        let mut hooks = r.hook_types();
+        hooks.sort();
+        hooks.dedup();
+        assert_eq!(
+            hooks.len(),
+            r.hooks.len(),
+            "a hook type is registered twice"
+        );
         for h in &r.hooks {
-            for d in &h.settings {
+            for d in h.settings() {
                 assert!(
                     !d.doc.is_empty(),
                     "hook {} setting {} has no doc comment",
-                    h.type_name,
+                    h.type_name(),
                     d.name
                 );
             }

@@ -108,8 +108,9 @@ impl Shutdown {
     }
 
     /// Waits until shutdown is asked for, or its trigger is dropped.
-    pub async fn requested(&mut self) {
-        let _ = self.0.wait_for(|s| *s).await;
+    pub async fn requested(&self) {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     /// The underlying receiver, for APIs that take a `watch::Receiver<bool>`.
@@ -172,14 +173,14 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_reaches_every_holder() {
-        let (trigger, mut a) = ShutdownTrigger::new();
-        let mut b = trigger.subscribe();
+        let (trigger, a) = ShutdownTrigger::new();
+        let b = trigger.subscribe();
         assert!(!a.is_requested());
         trigger.trigger();
         a.requested().await;
         b.requested().await;
         assert!(b.is_requested());
-        let (trigger, mut c) = ShutdownTrigger::new();
+        let (trigger, c) = ShutdownTrigger::new();
         drop(trigger);
         c.requested().await;
         assert!(c.is_requested());

@@ -30,6 +30,6 @@ pub(crate) fn run(markdown: bool) {
         print("consumer", c.type_name(), c.description(), &c.settings());
     }
     for h in &registry.hooks {
-        print("hook", h.type_name, h.description, &h.settings);
+        print("hook", h.type_name(), h.description(), &h.settings());
     }
 }

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::Context;
 use lily_delivery::{DeadLetters, LetterFilter, ReplayTarget, Replayed};
-use tokio::sync::watch;
 
 use crate::config::FileConfig;
 use crate::pipelines::plan_each;
 use crate::DlqAction;
+use lily_runtime::ShutdownTrigger;
 
 pub(crate) async fn run(cfg: &FileConfig, action: DlqAction) -> anyhow::Result<()> {
     let pg = cfg.capture_config()?.connection;
@@ -103,10 +103,10 @@ pub(crate) async fn replay(
     };
     let letters = table.list(&filter).await?;
     // Ctrl-C stops retry waits; the letters not finished by then stay pending.
-    let (stop, shutdown) = watch::channel(false);
+    let (stop, shutdown) = ShutdownTrigger::new();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            let _ = stop.send(true);
+            stop.trigger();
         }
     });
     let outcomes = table

@@ -1,0 +1,28 @@
+//! Monte Carlo as an inbound hook connector of the registry.
+
+use lily_connector::HookConnector;
+use lily_inbound::HookKind;
+
+use crate::MonteCarloHookConfig;
+
+/// Monte Carlo's webhooks, `[[ingest.monte_carlo]]`.
+pub struct MonteCarloConnector;
+
+impl HookConnector for MonteCarloConnector {
+    const TYPE: &'static str = "monte_carlo";
+    const DESCRIPTION: &'static str = "Monte Carlo incident and alert webhooks (x-mcd-signature), written as incidents on the right assets";
+    type Config = MonteCarloHookConfig;
+
+    fn validate(config: &MonteCarloHookConfig) -> Result<(), String> {
+        config.validate().map_err(|e| e.to_string())
+    }
+
+    fn build(configs: Vec<MonteCarloHookConfig>) -> Result<HookKind, String> {
+        let hooks = configs
+            .iter()
+            .map(MonteCarloHookConfig::build)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        Ok(HookKind::of(hooks))
+    }
+}
