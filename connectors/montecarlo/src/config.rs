@@ -66,11 +66,16 @@ pub struct MonteCarloHook {
 impl MonteCarloHookConfig {
     /// Checks the settings as written, without reading the environment or any file.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        lily_inbound::check_tenant_id(&self.tenant_id).map_err(|e| ConfigError::Invalid {
+            tenant: self.tenant_id.clone(),
+            problem: format!("tenant_id: {e}"),
+        })?;
         self.secret_source().map(|_| ())
     }
 
     /// Validates and reads the secret.
     pub fn build(&self) -> Result<MonteCarloHook, ConfigError> {
+        self.validate()?;
         let secret = match self.secret_source()? {
             Some(source) => Some(source.resolve().map_err(|source| ConfigError::Secret {
                 tenant: self.tenant_id.clone(),

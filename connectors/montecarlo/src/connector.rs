@@ -18,6 +18,18 @@ impl HookConnector for MonteCarloConnector {
     }
 
     fn build(configs: Vec<MonteCarloHookConfig>) -> Result<HookKind, String> {
+        for c in configs
+            .iter()
+            .filter(|c| c.connection_qualified_name.is_none())
+        {
+            tracing::warn!(
+                tenant = %c.tenant_id,
+                "The Monte Carlo hook has no connection_qualified_name: each table it reports is \
+                 matched by name across all the tenant's connections, and an incident whose name \
+                 matches tables in two connections is stored unattached. Set it when the tenant's \
+                 Monte Carlo account watches one warehouse."
+            );
+        }
         let hooks = configs
             .iter()
             .map(MonteCarloHookConfig::build)

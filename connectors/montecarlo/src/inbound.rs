@@ -42,6 +42,13 @@ impl InboundHook for MonteCarloHook {
         Ok(Admission::Ingest)
     }
 
+    /// A tenant without the hook is refused like an unsigned delivery to one with it.
+    fn admit_unknown_tenant(_request: &Request<'_>) -> Result<Admission, HookError> {
+        Err(HookError::Forbidden(
+            "no Monte Carlo hook for this tenant".into(),
+        ))
+    }
+
     /// The batch, once its account is the configured one. Every row carries the delivery's
     /// `account.id`, and `sql/monte_carlo_incidents.sql` passes it through row for row, so this
     /// is the check on the SQL's output, made before the SQL runs. A delivery with no events

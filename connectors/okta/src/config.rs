@@ -82,13 +82,15 @@ impl OktaHookConfig {
     /// every problem at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        if let Err(e) = check_tenant_id(&self.tenant_id) {
+        if let Err(e) = lily_inbound::check_tenant_id(&self.tenant_id) {
             problems.push(format!("tenant_id: {e}"));
         }
         match self.secret_source() {
-            Ok(Some(SecretSource::Env(name))) if !is_env_name(&name) => problems.push(format!(
-                "secret_env: `{name}` is not an environment variable name"
-            )),
+            Ok(Some(SecretSource::Env(name))) if !is_env_name(&name) => problems.push(
+                "secret_env: not an environment variable name (the value is not shown, in case it \
+                 is the secret itself)"
+                    .into(),
+            ),
             Ok(Some(_)) => {}
             Ok(None) => problems.push(
                 "secret_env or secret_file is required: the secret header is Okta's only \
@@ -126,26 +128,6 @@ impl OktaHookConfig {
             self.secret_env.as_deref(),
             self.secret_file.as_deref(),
         )
-    }
-}
-
-/// meta.tenants' `^[a-z0-9][a-z0-9_-]{0,62}$`, checked here so a typo fails at start-up.
-fn check_tenant_id(id: &str) -> Result<(), String> {
-    let mut chars = id.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok =
-        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if id.is_empty() {
-        Err("is empty".into())
-    } else if first_ok && rest_ok && id.len() <= 63 {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{id}` is not a tenant id (1 to 63 of a-z, 0-9, `_`, `-`, starting with a letter \
-             or digit)"
-        ))
     }
 }
 
@@ -210,7 +192,11 @@ mod tests {
             msg.contains("tenant_id: `Acme Corp` is not a tenant id"),
             "{msg}"
         );
-        assert!(msg.contains("secret_env: `1BAD`"), "{msg}");
+        assert!(
+            msg.contains("secret_env must be an environment variable name"),
+            "{msg}"
+        );
+        assert!(!msg.contains("1BAD"), "the value is echoed: {msg}");
         assert!(
             msg.contains("header: `x okta` is not an HTTP header name"),
             "{msg}"

@@ -50,6 +50,20 @@ impl InboundHook for OktaHook {
         }
     }
 
+    /// A tenant without the hook answers as one with it answers a caller without its secret:
+    /// the verification challenge is echoed (it proves nothing and holds nothing), a delivery
+    /// is refused as unauthenticated.
+    fn admit_unknown_tenant(request: &Request<'_>) -> Result<Admission, HookError> {
+        match request.method {
+            Method::Get => challenge(request.header(CHALLENGE_HEADER).unwrap_or_default())
+                .map(Admission::Answer)
+                .map_err(|e| HookError::BadRequest(e.to_string())),
+            Method::Post => Err(HookError::Unauthenticated(
+                "no Okta hook for this tenant".into(),
+            )),
+        }
+    }
+
     fn events(&self, body: &[u8]) -> Result<RecordBatch, HookError> {
         crate::events::events_batch(body).map_err(|e| match e {
             OktaError::Arrow(_) => HookError::Batch(e.to_string()),

@@ -274,10 +274,12 @@ fn check_env_name(name: &str) -> Result<(), String> {
     } else if name.is_empty() {
         Err("is empty".to_string())
     } else {
-        Err(format!(
-            "`{name}` is not an environment variable name (letters, digits and `_`, not starting \
-             with a digit)"
-        ))
+        // The value is not repeated: it may be the secret itself, pasted in the wrong place.
+        Err(
+            "is not an environment variable name (letters, digits and `_`, not starting with \
+             a digit; the value given is not shown)"
+                .to_string(),
+        )
     }
 }
 
@@ -372,7 +374,8 @@ mod tests {
         cfg.url_env = None;
         assert!(problems(&cfg).contains("url or url_env is required"));
         cfg.url_env = Some("9LIVES".into());
-        assert!(problems(&cfg).contains("`9LIVES` is not an environment variable name"));
+        assert!(problems(&cfg).contains("is not an environment variable name"));
+        assert!(!problems(&cfg).contains("9LIVES"), "{}", problems(&cfg));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub trait HookEntry: Send + Sync {
     /// `ingest.<type>`; `None` when no tenant configured the hook.
     fn check(&self, tables: Option<&toml::Value>) -> Result<(), String>;
     /// The sender with its configured tenants (none is fine: its routes are served all the
-    /// same and answer 404).
+    /// same and answer a tenant without the hook as they answer a caller without credentials).
     fn build(&self, tables: Option<&toml::Value>) -> Result<HookKind, String>;
 }
 

@@ -58,6 +58,13 @@ pub trait InboundHook: Send + Sync + 'static {
 
     /// Where this hook's SQL output goes.
     fn writes(&self) -> Writes<'_>;
+
+    /// How a request for a tenant that has no hook of this sender is answered: exactly as a
+    /// configured tenant's hook answers a caller without the credential, so that nobody can
+    /// tell which tenants configured it. The default refuses as unauthenticated.
+    fn admit_unknown_tenant(_request: &Request<'_>) -> Result<Admission, HookError> {
+        Err(HookError::Unauthenticated("no hook for this tenant".into()))
+    }
 }
 
 /// One tenant's hook with the sender's type erased: what the server calls per delivery.
@@ -104,6 +111,8 @@ pub struct HookKind {
     pub ack: Ack,
     /// [`InboundHook::events_schema`].
     pub events_schema: SchemaRef,
+    /// [`InboundHook::admit_unknown_tenant`].
+    pub admit_unknown_tenant: fn(&Request<'_>) -> Result<Admission, HookError>,
     /// One per configured tenant (none is fine: the routes are served all the same).
     pub hooks: Vec<Box<dyn TenantHook>>,
 }
@@ -118,6 +127,7 @@ impl HookKind {
             idempotency_key: H::IDEMPOTENCY_KEY,
             ack: H::ACK,
             events_schema: H::events_schema(),
+            admit_unknown_tenant: H::admit_unknown_tenant,
             hooks: hooks
                 .into_iter()
                 .map(|h| Box::new(h) as Box<dyn TenantHook>)
@@ -134,6 +144,28 @@ impl std::fmt::Debug for HookKind {
             .field("routes", &self.routes)
             .field("tenants", &self.hooks.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Checks a configured hook's tenant id: the metastore's rule (lower-case letters, digits,
+/// `_` and `-`, starting with a letter or digit, at most 63), so a typo is found by
+/// `validate`, not when deliveries start failing.
+pub fn check_tenant_id(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if id.is_empty() {
+        Err("is empty".into())
+    } else if first_ok && rest_ok && id.len() <= 63 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not a tenant id (1 to 63 of a-z, 0-9, `_`, `-`, starting with a letter \
+             or digit)"
+        ))
     }
 }
 
@@ -222,8 +254,10 @@ pub enum Ack {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writes<'a> {
     /// `meta.incidents`, keyed by (tenant, source, `external_id`, asset): `external_id`,
-    /// `incident_type`, `severity`, `status`, `payload` (JSON text), and `table_path`
-    /// (`database/schema/table`, lower case, null when the incident names no table).
+    /// `incident_type`, `severity`, `status` (`open`, `investigating` or `resolved`; a stored
+    /// status never moves backwards, so a late delivery cannot reopen a resolved incident),
+    /// `payload` (JSON text), and `table_path` (`database/schema/table`, lower case, null when
+    /// the incident names no table).
     Incidents {
         /// Qualified name of the connection `table_path`s are under: the asset is
         /// `<connection>/<table_path>`. Without it, the one table, view or materialized view

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -88,7 +88,26 @@ impl Ingest {
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
     routes(&ingest.hooks, max_body_bytes, ingest.limits.request_timeout)
         .router
+        // Every answer has the documented error shape, unknown routes and methods included.
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(ingest)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::Client {
+        status: StatusCode::NOT_FOUND,
+        code: "not_found",
+        message: "no such route".into(),
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::Client {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this route does not take that method".into(),
+    }
 }
 
 /// Every route [`router`] serves with `hooks`, as (method, path) with the method in lower case
@@ -123,16 +142,16 @@ fn routes(hooks: &Hooks, max_body_bytes: usize, deadline: std::time::Duration) -
     for (hook, route) in hooks.routes() {
         let method = route.method;
         let path = format!("/v1/tenants/{{tenant}}/webhooks/{}", route.path);
-        api = api.add(
-            method,
-            &path,
-            move |State(s): State<Arc<Ingest>>,
-                  Path(tenant): Path<String>,
-                  headers: HeaderMap,
-                  body: Bytes| async move {
-                hook.deliver(&s, tenant, method, headers, body).await
-            },
-        );
+        api =
+            api.add(
+                method,
+                &path,
+                move |State(s): State<Arc<Ingest>>,
+                      Path(tenant): Path<String>,
+                      request: Request| async move {
+                    hook.deliver(&s, tenant, method, request).await
+                },
+            );
     }
     // Every JSON and webhook request ends within the deadline. Load uploads do not: they are
     // bounded by their idle timeout and size instead.
@@ -348,12 +367,13 @@ async fn finish(
 async fn assets(
     State(s): State<Arc<Ingest>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    req: Result<Json<AssetsRequest>, JsonRejection>,
+    request: Request,
 ) -> Result<Json<WriteResult>, ApiError> {
     let started = Instant::now();
-    let principal = authorize(&s, &headers, &tenant, Scope::AssetsWrite).await?;
-    let req = body(req)?;
+    // From the headers alone, before a byte of the body is read: an anonymous caller costs
+    // no body buffer.
+    let principal = authorize(&s, request.headers(), &tenant, Scope::AssetsWrite).await?;
+    let req = body(Json::<AssetsRequest>::from_request(request, &()).await)?;
     check_count(req.upsert.len() + req.delete.len())?;
     for a in &req.upsert {
         check_name("qualified_name", &a.qualified_name).map_err(ApiError::unprocessable)?;
@@ -416,12 +436,13 @@ async fn assets(
 async fn lineage(
     State(s): State<Arc<Ingest>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    req: Result<Json<LineageRequest>, JsonRejection>,
+    request: Request,
 ) -> Result<Json<WriteResult>, ApiError> {
     let started = Instant::now();
-    let principal = authorize(&s, &headers, &tenant, Scope::LineageWrite).await?;
-    let req = body(req)?;
+    // From the headers alone, before a byte of the body is read: an anonymous caller costs
+    // no body buffer.
+    let principal = authorize(&s, request.headers(), &tenant, Scope::LineageWrite).await?;
+    let req = body(Json::<LineageRequest>::from_request(request, &()).await)?;
     check_count(req.upsert.len() + req.delete.len())?;
     for e in req.upsert.iter().chain(&req.delete) {
         for (what, v) in [
@@ -470,12 +491,13 @@ async fn lineage(
 async fn classifications(
     State(s): State<Arc<Ingest>>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    req: Result<Json<ClassificationsRequest>, JsonRejection>,
+    request: Request,
 ) -> Result<Json<WriteResult>, ApiError> {
     let started = Instant::now();
-    let principal = authorize(&s, &headers, &tenant, Scope::ClassificationsWrite).await?;
-    let req = body(req)?;
+    // From the headers alone, before a byte of the body is read: an anonymous caller costs
+    // no body buffer.
+    let principal = authorize(&s, request.headers(), &tenant, Scope::ClassificationsWrite).await?;
+    let req = body(Json::<ClassificationsRequest>::from_request(request, &()).await)?;
     check_count(req.upsert.len() + req.delete.len())?;
     for t in req.upsert.iter().chain(&req.delete) {
         check_name("qualified_name", &t.qualified_name).map_err(ApiError::unprocessable)?;

@@ -492,7 +492,7 @@ impl Inner {
                 tracing::info!(job = %job.job_id, tenant = %job.tenant, %error, "Load failed.");
                 // Remembered for GET: the row, when the loader got as far as writing one, says
                 // the same; an error before that (the tenant was deleted) has none.
-                return (Outcome::Final, Some(error.to_string()));
+                return (Outcome::Final, Some(error.without_path()));
             }
             // Transient errors past the retries, and faults of the server's own (a role without
             // a grant, an unreadable spool): the file stays for the next start.

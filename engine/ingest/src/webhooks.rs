@@ -7,12 +7,13 @@
 //! `lily.inbound_events`, writes the new ones and audits the delivery, so a repeated delivery
 //! changes nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use axum::body::Bytes;
+use axum::extract::FromRequest;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -53,7 +54,7 @@ pub struct Hooks {
 
 impl Hooks {
     /// Adds a kind of hook with its tenants' hooks (none is fine: its routes are served all the
-    /// same, and answer 404 for every tenant, so the API's shape does not depend on
+    /// same, answering every tenant as a caller without credentials, so the API's shape does not depend on
     /// configuration). Plans its SQL once, now, so a broken query fails at start-up.
     pub async fn register(&mut self, kind: HookKind) -> Result<(), HooksError> {
         let source = kind.source;
@@ -145,18 +146,43 @@ impl Sender {
         s: &Ingest,
         tenant: String,
         method: Method,
-        headers: HeaderMap,
-        body: Bytes,
+        http: axum::extract::Request,
     ) -> Result<Response, ApiError> {
         let started = Instant::now();
         let source = self.kind.source;
         let key = self.kind.idempotency_key;
-        let hook = self.hook(&tenant).ok_or_else(not_configured)?;
-        let admission = hook.admit(&Request {
+        let headers = http.headers().clone();
+        // The body is read (within the size limit) whether or not the tenant has the hook, so
+        // that neither the answer nor its status tells which tenants configured it.
+        let body = Bytes::from_request(http, &())
+            .await
+            .map_err(|e| ApiError::Client {
+                status: e.status(),
+                code: if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    "too_large"
+                } else {
+                    "bad_request"
+                },
+                message: e.body_text(),
+            })?;
+        let request = Request {
             method,
             headers: &HeaderView(&headers),
             body: &body,
-        });
+        };
+        let Some(hook) = self.hook(&tenant) else {
+            // Answered as a configured tenant answers a caller without the credential.
+            return match (self.kind.admit_unknown_tenant)(&request) {
+                Ok(Admission::Answer(answer)) => Ok(Json(answer).into_response()),
+                Ok(Admission::Ingest) => Err(refused(
+                    source,
+                    &tenant,
+                    HookError::Unauthenticated("no hook for this tenant".into()),
+                )),
+                Err(e) => Err(refused(source, &tenant, e)),
+            };
+        };
+        let admission = hook.admit(&request);
         match admission.map_err(|e| refused(source, &tenant, e))? {
             Admission::Answer(answer) => return Ok(Json(answer).into_response()),
             Admission::Ingest => {}
@@ -254,14 +280,6 @@ impl lily_inbound::Headers for HeaderView<'_> {
     }
 }
 
-fn not_configured() -> ApiError {
-    ApiError::Client {
-        status: StatusCode::NOT_FOUND,
-        code: "not_found",
-        message: "no such webhook".into(),
-    }
-}
-
 /// A hook's refusal as an answer. Authentication failures say no more than their class (the
 /// reason is logged); a bad body says which field.
 fn refused(hook: &'static str, tenant: &str, e: HookError) -> ApiError {
@@ -293,7 +311,9 @@ fn refused(hook: &'static str, tenant: &str, e: HookError) -> ApiError {
 }
 
 /// Writes incident rows to `meta.incidents` (see [`Writes::Incidents`] for the columns);
-/// returns how many rows changed and how many name no known table.
+/// returns how many rows changed and how many name no known table. The tables every row
+/// names are resolved in one query. An incident's status never moves backwards (open, then
+/// investigating, then resolved): a late, older delivery does not reopen a resolved incident.
 async fn write_incidents(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
@@ -301,12 +321,13 @@ async fn write_incidents(
     connection: Option<&str>,
     rows: &[&Map<String, Value>],
 ) -> Result<(u64, u64), ApiError> {
+    let mut paths: Vec<&str> = rows.iter().filter_map(|r| text(r, "table_path")).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    let tables = resolve_tables(tx, tenant, connection, &paths).await?;
     let (mut written, mut unattached) = (0u64, 0u64);
     for r in rows {
-        let asset = match text(r, "table_path") {
-            Some(path) => resolve_table(tx, tenant, connection, path).await?,
-            None => None,
-        };
+        let asset = text(r, "table_path").and_then(|p| tables.get(p));
         if asset.is_none() {
             unattached += 1;
         }
@@ -322,7 +343,9 @@ async fn write_incidents(
                      incident_type = EXCLUDED.incident_type, severity = EXCLUDED.severity,
                      status = EXCLUDED.status, payload = EXCLUDED.payload, updated_at = now()
                  WHERE (i.incident_type, i.severity, i.status, i.payload)
-                       IS DISTINCT FROM (EXCLUDED.incident_type, EXCLUDED.severity, EXCLUDED.status, EXCLUDED.payload)",
+                       IS DISTINCT FROM (EXCLUDED.incident_type, EXCLUDED.severity, EXCLUDED.status, EXCLUDED.payload)
+                   AND (CASE EXCLUDED.status WHEN 'resolved' THEN 2 WHEN 'investigating' THEN 1 ELSE 0 END)
+                       >= (CASE i.status WHEN 'resolved' THEN 2 WHEN 'investigating' THEN 1 ELSE 0 END)",
                 &[
                     &tenant,
                     &source,
@@ -396,38 +419,52 @@ async fn write_directory(
     Ok(applied)
 }
 
-/// The guid of the table an incident's `database/schema/table` path names, if it exists.
-async fn resolve_table(
+/// The guids of the tables that `paths` (`database/schema/table`, lower case) name, by path;
+/// a path naming no table, or (without a connection) more than one, is absent. One query for
+/// the whole delivery.
+async fn resolve_tables(
     tx: &deadpool_postgres::Transaction<'_>,
     tenant: &str,
     connection: Option<&str>,
-    path: &str,
-) -> Result<Option<String>, ApiError> {
-    match connection {
-        Some(c) => {
-            let guid = store::asset_guid(tenant, &format!("{c}/{path}")).to_string();
-            let found = tx
-                .query_opt(
-                    "SELECT 1 FROM meta.assets WHERE guid = $1::text::uuid",
-                    &[&guid],
-                )
-                .await?;
-            Ok(found.map(|_| guid))
-        }
-        None => {
-            // Without a configured connection: the one table whose name ends in the path.
-            let rows = tx
-                .query(
-                    "SELECT guid::text FROM meta.assets
-                     WHERE tenant_id = $1 AND type_name IN ('Table', 'View', 'MaterializedView')
-                       AND lower(qualified_name) LIKE '%/' || $2
-                     LIMIT 2",
-                    &[&tenant, &path],
-                )
-                .await?;
-            Ok((rows.len() == 1).then(|| rows[0].get(0)))
-        }
+    paths: &[&str],
+) -> Result<HashMap<String, String>, ApiError> {
+    if paths.is_empty() {
+        return Ok(HashMap::new());
     }
+    let rows = match connection {
+        // The asset's guid follows from its qualified name: look the guids up by key.
+        Some(c) => {
+            let guids: Vec<String> = paths
+                .iter()
+                .map(|p| store::asset_guid(tenant, &format!("{c}/{p}")).to_string())
+                .collect();
+            tx.query(
+                "SELECT p.path, a.guid::text
+                 FROM unnest($1::text[], $2::text[]) AS p(path, guid)
+                 JOIN meta.assets a ON a.guid = p.guid::uuid",
+                &[&paths, &guids],
+            )
+            .await?
+        }
+        // Without a configured connection: the one table whose qualified name ends in
+        // '/' || path, found by its last segment (an index) and checked without wildcards.
+        None => {
+            tx.query(
+                "SELECT p.path, min(a.guid::text)
+                 FROM unnest($2::text[]) AS p(path)
+                 JOIN meta.assets a
+                   ON a.tenant_id = $1
+                  AND a.type_name IN ('Table', 'View', 'MaterializedView')
+                  AND meta.last_segment(a.qualified_name) = split_part(p.path, '/', -1)
+                  AND right(lower(a.qualified_name), length(p.path) + 1) = '/' || p.path
+                 GROUP BY p.path
+                 HAVING count(*) = 1",
+                &[&tenant, &paths],
+            )
+            .await?
+        }
+    };
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Marks `keys` as applied; returns the ones that were new.

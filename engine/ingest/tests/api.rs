@@ -572,12 +572,17 @@ async fn the_router_serves_exactly_what_openapi_documents() {
             (resp.status().as_u16(), ctype, resp.text().await.unwrap())
         }
     };
-    // The probe tells a route from none: the router's own 404 has no body.
+    // The probe tells a route from none: the router's fallback says "no such route".
     let (st, _, body) = call("post", "/v1/tenants/{tenant}/webhooks/nobody").await;
-    assert_eq!((st, body.as_str()), (404, ""));
+    assert_eq!(st, 404);
+    assert!(body.contains("no such route"), "{body}");
     for (method, path) in &documented {
         let (st, _, body) = call(method, path).await;
         assert_ne!(st, 405, "{method} {path}");
+        assert!(
+            !body.contains("no such route"),
+            "{method} {path} is not served"
+        );
         assert!(
             serde_json::from_str::<Value>(&body).is_ok(),
             "{method} {path}: {st} {body:?}"
@@ -705,10 +710,11 @@ async fn monte_carlo_incidents_land_on_their_table_once() {
         (1, after)
     );
 
-    // Another tenant has no Monte Carlo hook; another account is refused; a body that is not a
-    // Monte Carlo payload is a clear 4xx.
+    // Another tenant has no Monte Carlo hook (answered as an unsigned delivery is, so tenants
+    // cannot be enumerated); another account is refused; a body that is not a Monte Carlo
+    // payload is a clear 4xx.
     let (st, _) = post_mc(&s, "globex", &d).await;
-    assert_eq!(st, 404);
+    assert_eq!(st, 403);
     let other = Notification::Incident(Incident::new(
         "acct-2",
         "inc-43",
@@ -1000,4 +1006,221 @@ async fn requests_that_cannot_succeed_are_not_told_to_retry() {
     ));
     let (st, body) = post_mc(&s, "acme", &mc.deliver(&fine, Signing::Signed)).await;
     assert_eq!(st, 200, "{body}");
+}
+
+/// Without a configured connection, the tables a Monte Carlo delivery names are found through
+/// an index, never by wildcard; and a late, older delivery does not reopen a resolved alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monte_carlo_tables_resolve_exactly_and_status_never_goes_back() {
+    use lily_montecarlo::fake::{
+        Alert, AlertEvent, FakeMonteCarlo, Incident, IncidentEvent, Notification, Signing,
+    };
+    std::env::set_var("LILY_TEST_MC_SECRET", MC_SECRET);
+    let globex: lily_montecarlo::MonteCarloHookConfig = toml::from_str(
+        "tenant_id = \"globex\"\nsecret_env = \"LILY_TEST_MC_SECRET\"\naccount_id = \"acct-2\"",
+    )
+    .unwrap();
+    let s = start_with(vec![globex], Vec::new(), None).await;
+    let (st, _) = s
+        .post(
+            Some("globex_all"),
+            "/v1/tenants/globex/assets",
+            &hierarchy("snow-globex"),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let orders = "snow-globex/db/sch/orders";
+    let mc = FakeMonteCarlo::new(MC_SECRET);
+    let post = |n: &Notification| {
+        let d = mc.deliver(n, Signing::Signed);
+        let s = &s;
+        async move { post_mc(s, "globex", &d).await }
+    };
+
+    // `_` and `%` in a reported name are characters, not wildcards.
+    for (id, table) in [("inc-us", "db:sch.order_"), ("inc-pct", "db:sch.%")] {
+        let n = Notification::Incident(Incident::new(
+            "acct-2",
+            id,
+            vec![IncidentEvent::custom_sql("r", table)],
+        ));
+        let (st, body) = post(&n).await;
+        assert_eq!(st, 200, "{body}");
+        assert_eq!(body["unattached"], 1, "{table} matched a table: {body}");
+    }
+    // The exact name, in another case, finds the table.
+    let n = Notification::Incident(Incident::new(
+        "acct-2",
+        "inc-exact",
+        vec![IncidentEvent::custom_sql("r", "DB:SCH.ORDERS")],
+    ));
+    let (st, body) = post(&n).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["unattached"], 0, "{body}");
+    let attached: bool = s
+        .client
+        .query_one(
+            "SELECT asset_guid = meta.asset_guid('globex', $1) FROM meta.incidents WHERE external_id = 'inc-exact'",
+            &[&orders],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(attached);
+
+    // The look-up can use the index on the tables' last segment (no scan of the tenant's assets).
+    s.client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    let plan: Vec<String> = s
+        .client
+        .query(
+            "EXPLAIN SELECT p.path, min(a.guid::text)
+             FROM unnest(ARRAY['db/sch/orders']) AS p(path)
+             JOIN meta.assets a
+               ON a.tenant_id = 'globex'
+              AND a.type_name IN ('Table', 'View', 'MaterializedView')
+              AND meta.last_segment(a.qualified_name) = split_part(p.path, '/', -1)
+              AND right(lower(a.qualified_name), length(p.path) + 1) = '/' || p.path
+             GROUP BY p.path HAVING count(*) = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    s.client
+        .batch_execute("RESET enable_seqscan")
+        .await
+        .unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Index"), "{plan}");
+    assert!(!plan.contains("Seq Scan on assets"), "{plan}");
+
+    // Resolved, then a late "created" for the same alert: it stays resolved.
+    let mut resolved = Alert::new("acct-2", "al-1", AlertEvent::Resolved, &["db:sch.orders"]);
+    resolved.feedback = Some("fixed".into());
+    let (st, body) = post(&Notification::Alert(resolved)).await;
+    assert_eq!(st, 200, "{body}");
+    let created = Alert::new("acct-2", "al-1", AlertEvent::Created, &["db:sch.orders"]);
+    let (st, body) = post(&Notification::Alert(created)).await;
+    assert_eq!(st, 200, "{body}");
+    let status: String = s
+        .client
+        .query_one(
+            "SELECT status FROM meta.incidents WHERE external_id = 'al-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "resolved", "a late delivery reopened the alert");
+}
+
+/// Unknown routes, wrong methods and oversized webhook bodies answer in the documented error
+/// shape, like every other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_the_json_shape() {
+    let s = start_with(mc_hooks(), Vec::new(), None).await;
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            "get",
+            "/v1/tenants/acme/assets",
+            Vec::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "post",
+            "/v1/tenants/acme/nothing",
+            b"{}".to_vec(),
+            404,
+            "not_found",
+        ),
+        (
+            "post",
+            "/v1/tenants/acme/assets/",
+            b"{}".to_vec(),
+            404,
+            "not_found",
+        ),
+        ("get", "/nothing", Vec::new(), 404, "not_found"),
+        (
+            "post",
+            "/v1/tenants/acme/webhooks/monte-carlo",
+            vec![b' '; MAX_BODY + 1],
+            413,
+            "too_large",
+        ),
+    ];
+    for (method, path, body, want, code) in cases {
+        let req = match method {
+            "get" => s.http.get(format!("{}{path}", s.base)),
+            _ => s
+                .http
+                .post(format!("{}{path}", s.base))
+                .header("content-type", "application/json")
+                .body(body),
+        };
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{method} {path}");
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            ctype.as_deref(),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(
+            body["error"]["message"].is_string(),
+            "{method} {path}: {body}"
+        );
+    }
+}
+
+/// An anonymous caller cannot tell which tenants configured a hook: a tenant without one is
+/// answered exactly as a tenant with one answers a caller without the credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_do_not_reveal_which_tenants_exist() {
+    std::env::set_var("LILY_TEST_OKTA_SECRET", "okta-shared-secret");
+    let okta_cfg: lily_okta::OktaHookConfig =
+        toml::from_str("tenant_id = \"acme\"\nsecret_env = \"LILY_TEST_OKTA_SECRET\"").unwrap();
+    let s = start_with(mc_hooks(), vec![okta_cfg], None).await;
+    let answer = |method: &'static str, tenant: &'static str, route: &'static str| {
+        let s = &s;
+        async move {
+            let url = format!("{}/v1/tenants/{tenant}/webhooks/{route}", s.base);
+            let req = match method {
+                "get" => s
+                    .http
+                    .get(&url)
+                    .header("x-okta-verification-challenge", "probe"),
+                _ => s
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(r#"{"type":"incident","payload":{}}"#),
+            };
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    // acme has both hooks; globex exists and has none; "nobody" is no tenant at all.
+    for (method, route) in [("post", "monte-carlo"), ("post", "okta"), ("get", "okta")] {
+        let configured = answer(method, "acme", route).await;
+        assert!(configured.0 != 404, "{method} {route}: {configured:?}");
+        for other in ["globex", "nobody"] {
+            assert_eq!(
+                answer(method, other, route).await,
+                configured,
+                "{method} {route} for {other}"
+            );
+        }
+    }
 }

@@ -190,3 +190,37 @@ async fn readiness_follows_the_metastore() {
     assert!(!api.metastore_answers(Duration::from_secs(1)).await);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// A caller without credentials is answered from the headers: the body it announces is never
+/// waited for, so holding connections with large unsent bodies costs the server nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_are_refused_before_their_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup().await;
+    let (base, _) = serve(&s, 2, Limits::default()).await;
+    let addr = base.trim_start_matches("http://").to_string();
+    for (path, auth) in [
+        ("/v1/tenants/acme/assets", ""),
+        (
+            "/v1/tenants/acme/lineage",
+            "Authorization: Bearer lily_bad\r\n",
+        ),
+        ("/v1/tenants/acme/classifications", ""),
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}\
+             Content-Length: 900000\r\n\r\n{{\"upsert\""
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+            .await
+            .expect("answered before the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{path}");
+    }
+}

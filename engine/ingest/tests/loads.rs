@@ -430,6 +430,10 @@ async fn a_bad_row_fails_the_job_with_its_line() {
     let error = job["last_error"].as_str().unwrap();
     assert!(error.contains(&format!("line {bad_line}")), "{error}");
     assert!(error.contains("missing qualified_name"), "{error}");
+    // The server's spool path is not the client's business.
+    let spool = s.spool.display().to_string();
+    assert!(!error.contains(&spool), "{error}");
+    assert!(!error.contains(".load"), "{error}");
     // The structural pass checks every row first: nothing of the bad file's bulk lane.
     assert_eq!(job["bulk"]["rows"], 0);
     // Failed for its data: running it again cannot help, so the file is not kept.

@@ -145,16 +145,36 @@ pub struct HttpConfig {
     /// Address to listen on, e.g. 127.0.0.1:9187.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Connections served at once; more wait in the listen backlog. The process raises its
+    /// open-files limit to fit, when the system allows.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client may take to send a request's headers (also an idle keep-alive
+    /// connection's wait for its next request) before the connection is closed.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:9187".into()
 }
 
+fn default_max_connections() -> usize {
+    crate::http::ServerLimits::default().max_connections
+}
+
+fn default_header_read_timeout_secs() -> u64 {
+    crate::http::ServerLimits::default()
+        .header_read_timeout
+        .as_secs()
+}
+
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: default_listen(),
+            max_connections: default_max_connections(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
         }
     }
 }
@@ -245,12 +265,35 @@ impl ConsumerConfig {
     }
 }
 
+/// A TOML error as `line N: message`, without the source line toml would quote: that line
+/// may hold a secret pasted where a name belongs (`password = "..."`), and errors go to logs.
+/// Quoted strings in the message (serde's "invalid type: string \"...\"") are left out too.
+pub(crate) fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let mut message = String::new();
+    let mut rest = e.message();
+    // `string "…"` -> `a string`.
+    while let Some(at) = rest.find("string \"") {
+        message.push_str(&rest[..at]);
+        message.push_str("a string");
+        let after = &rest[at + "string \"".len()..];
+        rest = after.find('"').map_or("", |end| &after[end + 1..]);
+    }
+    message.push_str(rest);
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
-        let mut cfg =
-            FileConfig::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut cfg = FileConfig::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), toml_problem(&text, &e)))?;
         cfg.base_dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         cfg.validate()
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
@@ -291,6 +334,12 @@ impl FileConfig {
             if name.is_empty() || name.len() > 40 || !name.is_ascii() {
                 return Err("[source] application_name: use 1-40 ASCII characters".into());
             }
+        }
+        if !(1..=1_000_000).contains(&self.http.max_connections) {
+            return Err("[http] max_connections must be between 1 and 1000000".into());
+        }
+        if !(1..=600).contains(&self.http.header_read_timeout_secs) {
+            return Err("[http] header_read_timeout_secs must be between 1 and 600".into());
         }
         let registry = lily_registry::registry();
         if let Some(i) = &self.ingest {
@@ -335,6 +384,12 @@ impl FileConfig {
                 .collect(),
             pipelines_dir: self.pipelines_dir(),
             listen: &self.http.listen,
+            http_limits: crate::http::ServerLimits {
+                max_connections: self.http.max_connections,
+                header_read_timeout: std::time::Duration::from_secs(
+                    self.http.header_read_timeout_secs,
+                ),
+            },
             ingest: self.ingest.as_ref(),
         })
     }
@@ -482,10 +537,20 @@ name = "stdout"
             "password_env = \"LILY_TEST_PASSWORD\"",
             "password = \"hunter2\"",
         );
-        let err = toml::from_str::<FileConfig>(&inline)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("password"), "{err}");
+        let err = toml::from_str::<FileConfig>(&inline).unwrap_err();
+        let shown = toml_problem(&inline, &err);
+        assert!(shown.contains("password"), "{shown}");
+        assert!(!shown.contains("hunter2"), "the secret is echoed: {shown}");
+        // A secret in a field of another type is not echoed either.
+        let typed = GOOD.replace(
+            "slot = \"lily_main\"",
+            "slot = \"lily_main\"\nbatch_max_rows = \"hunter2\"",
+        );
+        if let Err(err) = toml::from_str::<FileConfig>(&typed) {
+            let shown = toml_problem(&typed, &err);
+            assert!(!shown.contains("hunter2"), "the secret is echoed: {shown}");
+            assert!(shown.starts_with("line "), "{shown}");
+        }
         let bad_slot = GOOD.replace("slot = \"lily_main\"", "slot = \"x'; drop\"");
         let cfg = FileConfig::parse(&bad_slot).unwrap();
         assert!(cfg.validate().unwrap_err().contains("slot"));

@@ -26,6 +26,7 @@ pub(crate) struct Spec<'a> {
     pub(crate) consumers: Vec<ConsumerSpec>,
     pub(crate) pipelines_dir: Option<PathBuf>,
     pub(crate) listen: &'a str,
+    pub(crate) http_limits: http::ServerLimits,
     pub(crate) ingest: Option<&'a lily_ingest::IngestConfig>,
 }
 
@@ -38,6 +39,7 @@ pub(crate) async fn run(spec: Spec<'_>) -> anyhow::Result<()> {
         consumers: consumer_cfgs,
         pipelines_dir,
         listen,
+        http_limits,
         ingest,
     } = spec;
     let registry = lily_registry::registry();
@@ -84,8 +86,15 @@ pub(crate) async fn run(spec: Spec<'_>) -> anyhow::Result<()> {
     };
     let http_stop = stop_rx.clone();
     let http_task = tokio::spawn(async move {
-        if let Err(error) =
-            http::serve(listener, metrics, http_ready, ingest_routes, http_stop).await
+        if let Err(error) = http::serve(
+            listener,
+            metrics,
+            http_ready,
+            ingest_routes,
+            http_stop,
+            http_limits,
+        )
+        .await
         {
             tracing::error!(%error, "HTTP endpoint failed.");
         }

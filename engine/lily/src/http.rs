@@ -4,12 +4,18 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use lily_runtime::Shutdown;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 /// Installs the global metrics recorder. Call once, before anything records.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
@@ -50,14 +56,37 @@ pub async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
+/// What one HTTP endpoint lets its clients hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once; further ones wait in the listen backlog until one ends.
+    pub max_connections: usize,
+    /// Time to send a request's headers, and an idle keep-alive connection's time to start
+    /// its next request. A client that sends headers slowly, or nothing, costs a socket for
+    /// this long at most.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 16_384,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Serves until `stop` turns true (or its sender is dropped), then lets requests in flight
-/// finish.
+/// finish. HTTP/1.1 with keep-alive; each connection is bounded by `limits` (a header read
+/// timeout, a place among `max_connections`); request bodies are bounded by the routes
+/// themselves (sizes, deadlines, idle timeouts).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: PrometheusHandle,
     ready: Arc<AtomicBool>,
     ingest: Option<(Router, Arc<lily_ingest::Ingest>)>,
     stop: Shutdown,
+    limits: ServerLimits,
 ) -> anyhow::Result<()> {
     let (routes, api) = ingest.unzip();
     let app = Router::new()
@@ -73,12 +102,82 @@ pub async fn serve(
         Some(routes) => app.merge(routes),
         None => app,
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.requested().await;
-        })
-        .await?;
+    let max_connections = open_files_for(limits.max_connections);
+    let places = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        // A place first, so that at the limit new clients wait in the backlog rather than
+        // being accepted and dropped.
+        let place = tokio::select! {
+            place = Arc::clone(&places).acquire_owned() => place.expect("the semaphore is never closed"),
+            () = stop.requested() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors or a connection reset before it was accepted:
+                    // the listener itself is fine.
+                    tracing::warn!(%error, "Could not accept a connection.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.requested() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let _place = place;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "HTTP connection ended.");
+                    }
+                }
+                () = stop.requested() => {
+                    // Finish the request in flight, take no new one.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Raises the soft open-files limit towards the hard one so that `wanted` connections fit
+/// (with room for the process's other files), and returns how many do.
+fn open_files_for(wanted: usize) -> usize {
+    const OTHER_FILES: u64 = 512;
+    let need = wanted as u64 + OTHER_FILES;
+    let have = match rlimit::increase_nofile_limit(need) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "Could not raise the open-files limit.");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    if have >= need {
+        return wanted;
+    }
+    let fits = have.saturating_sub(OTHER_FILES).max(16) as usize;
+    tracing::warn!(
+        wanted,
+        serving = fits,
+        open_files = have,
+        "The open-files limit is lower than [http] max_connections needs; serving fewer connections at once."
+    );
+    fits
 }
 
 async fn render(State(s): State<AppState>) -> String {
@@ -95,5 +194,123 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
             "not ready: the metastore does not answer\n",
         ),
         _ => (StatusCode::OK, "ready\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use lily_runtime::ShutdownTrigger;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn start(
+        limits: ServerLimits,
+    ) -> (
+        std::net::SocketAddr,
+        ShutdownTrigger,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = PrometheusBuilder::new().build_recorder().handle();
+        let (trigger, stop) = ShutdownTrigger::new();
+        let ready = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(async move {
+            serve(listener, metrics, ready, None, stop, limits)
+                .await
+                .unwrap();
+        });
+        (addr, trigger, task)
+    }
+
+    /// Reads until the peer closes; the time it took, or `None` past `within`.
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            match tokio::time::timeout_at((started + within).into(), s.read(&mut buf)).await {
+                Err(_) => return None,
+                Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    async fn get_healthz(addr: std::net::SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_or_silent_clients_lose_their_connection_and_their_place() {
+        let limits = ServerLimits {
+            max_connections: 3,
+            header_read_timeout: Duration::from_millis(500),
+        };
+        let (addr, trigger, task) = start(limits).await;
+        // Headers that never end, and connections that say nothing: closed at the timeout.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let mut silent: Vec<TcpStream> = Vec::new();
+        for _ in 0..2 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Every place is held now: a real client waits in the backlog...
+        let waiting = tokio::spawn(get_healthz(addr));
+        let took = closed_within(&mut slow, Duration::from_secs(5))
+            .await
+            .expect("a client sending headers slowly keeps its connection");
+        assert!(took >= Duration::from_millis(300), "closed after {took:?}");
+        for s in &mut silent {
+            assert!(
+                closed_within(s, Duration::from_secs(5)).await.is_some(),
+                "a silent connection stays open"
+            );
+        }
+        // ...and is served once the places are free.
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting client is served")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+        // Shutdown ends the server.
+        trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the server stops")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_connection_serves_several_requests() {
+        let (addr, trigger, task) = start(ServerLimits::default()).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = vec![0u8; 512];
+            let n = s.read(&mut buf).await.unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        trigger.trigger();
+        drop(s);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the server stops")
+            .unwrap();
     }
 }

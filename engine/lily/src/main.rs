@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::commands::{apikey, check, connectors, dev, dlq, load, migrate, slot};
+use crate::commands::{apikey, check, connectors, dev, dlq, load, migrate, slot, validate};
 use crate::config::FileConfig;
 
 #[derive(Parser)]
@@ -50,9 +50,9 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
-    /// Check a config file and its pipelines: every file parses, every SQL transform plans
-    /// against the real table schemas, every sink builds (secrets present). Each problem is
-    /// printed with its file and line.
+    /// Check a config file, its pipelines and its inbound hooks: every file parses, every SQL
+    /// transform plans against the real table schemas, every sink and hook builds (secrets
+    /// present), every hook's tenant exists. Each problem is printed with its file and line.
     Validate {
         #[arg(long, short)]
         config: PathBuf,
@@ -191,13 +191,7 @@ async fn main() -> anyhow::Result<()> {
             connectors::run(markdown);
             Ok(())
         }
-        Command::Validate { config } => {
-            let cfg = FileConfig::load(&config)?;
-            let dir = cfg
-                .pipelines_dir()
-                .context("the config names no pipelines folder (pipelines = \"...\")")?;
-            pipelines::validate(&dir, &cfg.capture_config()?.connection).await
-        }
+        Command::Validate { config } => validate::run(&FileConfig::load(&config)?).await,
         Command::Dlq { action, config } => {
             let cfg = FileConfig::load(&config.context("--config is required")?)?;
             dlq::run(&cfg, action).await

@@ -529,3 +529,89 @@ async fn load_writes_the_file_with_several_writers_and_reports_json() {
         serde_json::from_str(String::from_utf8_lossy(&again.stdout).trim()).unwrap();
     assert_eq!(report["already_complete"], true);
 }
+
+/// `lily validate` checks the inbound hooks without a pipelines folder: secrets present, each
+/// hook's tenant known; and a secret pasted where a variable name belongs is never echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_hooks_without_a_pipelines_folder() {
+    let cluster = PgCluster::start().await.unwrap();
+    cluster.create_database("meta").await.unwrap();
+    let url = cluster.url("meta");
+    let client = cluster.connect("meta").await.unwrap();
+    lily_metastore::migrate(&client).await.unwrap();
+    client
+        .batch_execute("INSERT INTO meta.tenants (tenant_id, name) VALUES ('acme', 'Acme')")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |hooks: &str| {
+        let text = format!(
+            "[source]\nurl_env = \"LILY_SRC_URL\"\nslot = \"cli\"\npublication = \"cli\"\n\
+             tables = [\"meta.classifications\"]\n[http]\nlisten = \"127.0.0.1:0\"\n[ingest]\n{hooks}"
+        );
+        write(dir.path(), "lily.toml", &text);
+        dir.path().join("lily.toml").to_str().unwrap().to_string()
+    };
+    let env = [
+        ("LILY_SRC_URL", url.as_str()),
+        ("LILY_CLI_OKTA_SECRET", "okta-secret-value"),
+    ];
+
+    // Fine: one hook, its secret set, its tenant known.
+    let path =
+        config("[[ingest.okta]]\ntenant_id = \"acme\"\nsecret_env = \"LILY_CLI_OKTA_SECRET\"\n");
+    let out = lily(&["validate", "-c", &path], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok: okta hook of tenant acme"), "{stdout}");
+
+    // An unset secret and an unknown tenant: each reported.
+    let path = config(
+        "[[ingest.monte_carlo]]\ntenant_id = \"acme\"\nsecret_env = \"LILY_CLI_UNSET_MC\"\n\
+         [[ingest.okta]]\ntenant_id = \"nobody\"\nsecret_env = \"LILY_CLI_OKTA_SECRET\"\n",
+    );
+    let out = lily(&["validate", "-c", &path], &env);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("environment variable LILY_CLI_UNSET_MC is not set"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ingest.okta: tenant \"nobody\" does not exist"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("okta-secret-value"), "{stdout}");
+
+    // A secret pasted as the variable's name, and a malformed tenant id: refused, not echoed.
+    let path = config(
+        "[[ingest.monte_carlo]]\ntenant_id = \"Acme; drop\"\nallow_unsigned = true\n\
+         [[ingest.okta]]\ntenant_id = \"acme\"\nsecret_env = \"S3cr3t-PASTED-value!\"\n",
+    );
+    let out = lily(&["validate", "-c", &path], &env);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("tenant_id"), "{all}");
+    let path =
+        config("[[ingest.okta]]\ntenant_id = \"acme\"\nsecret_env = \"S3cr3t-PASTED-value!\"\n");
+    let out = lily(&["validate", "-c", &path], &env);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("secret_env"), "{all}");
+    assert!(
+        !all.contains("PASTED"),
+        "the pasted secret is echoed: {all}"
+    );
+}

@@ -80,6 +80,30 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// The error without the input file's path: what a load job records and the API shows
+    /// (an uploaded file's path is the server's spool, not the client's business; the job
+    /// already names its file).
+    pub fn without_path(&self) -> String {
+        match self {
+            LoadError::BadRow {
+                location, reason, ..
+            } => format!("{location}: {reason}"),
+            LoadError::BadFile { reason, .. } => reason.clone(),
+            LoadError::Io { source, .. } => format!("reading the file: {source}"),
+            LoadError::ChunkRejected {
+                lane,
+                first,
+                last,
+                source,
+                ..
+            } => format!(
+                "the {lane} chunk of {first} to {last} was rejected by the server: {}",
+                lily_pg::describe(source)
+            ),
+            other => other.to_string(),
+        }
+    }
+
     pub(crate) fn pg(context: impl Into<String>, source: tokio_postgres::Error) -> Self {
         LoadError::Postgres {
             context: context.into(),

@@ -242,7 +242,7 @@ pub(crate) async fn finish(
                             last_error = $2, updated_at = now()
                       WHERE job_id = $1 {totals}"
                 ),
-                &[&job_id, &e.to_string()],
+                &[&job_id, &e.without_path()],
             )
             .await
         }

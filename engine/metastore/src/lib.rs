@@ -69,6 +69,8 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!(8, "0008", "partition_tenant_check"),
     migration!(9, "0009", "type_name_bytes"),
     migration!(10, "0010", "tenant_roles"),
+    migration!(11, "0011", "table_name_lookup"),
+    migration!(12, "0012", "tenants_private"),
 ];
 
 /// All migrations, in order (for inspection).

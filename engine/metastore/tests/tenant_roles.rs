@@ -59,13 +59,24 @@ async fn seen_as(client: &Client, role: &str) -> (Option<String>, Vec<String>, V
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mapped = client
+    let mut mapped: Vec<String> = client
         .query("SELECT tenant_id FROM meta.tenant_roles ORDER BY 1", &[])
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
+    // meta.tenants says no more: each role sees the same single tenant there.
+    let tenants: Vec<String> = client
+        .query("SELECT tenant_id FROM meta.tenants ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if tenants != mapped {
+        mapped.push(format!("meta.tenants shows {tenants:?}"));
+    }
     client.batch_execute("ROLLBACK").await.unwrap();
     (me, assets, mapped)
 }

@@ -20,4 +20,4 @@ pub use config::{ConnectionConfig, SslMode};
 pub use connect::{connect, tokio_parts, Role, SESSION_OPTIONS};
 pub use error::{describe, describe_db, PgError};
 pub use name::{quote_ident, quote_literal, NameError, QualifiedName};
-pub use secret::{Secret, SecretError, SecretSource};
+pub use secret::{is_env_name, Secret, SecretError, SecretSource};

@@ -45,17 +45,46 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
-/// A secret that could not be read. The message names where it was looked for, never a value.
+/// A secret that could not be read. The message names where it was looked for, never a value:
+/// a variable name that is not a name, or a file name with no folder, may be the secret itself
+/// pasted in the wrong place, and is not shown.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SecretError {
-    #[error("environment variable {0} is not set")]
+    #[error("environment variable {} is not set", shown_env(.0))]
     MissingEnv(String),
-    #[error("environment variable {0} is empty")]
+    #[error("environment variable {} is empty", shown_env(.0))]
     EmptyEnv(String),
-    #[error("cannot read secret file {path}: {reason}")]
+    #[error("cannot read secret file {}: {reason}", shown_file(.path))]
     File { path: String, reason: String },
-    #[error("secret file {0} is empty")]
+    #[error("secret file {} is empty", shown_file(.0))]
     EmptyFile(String),
+}
+
+/// Whether `name` is an environment variable name: letters, digits and `_`, not starting with
+/// a digit.
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn shown_env(name: &str) -> String {
+    if is_env_name(name) {
+        name.to_string()
+    } else {
+        "(the name given is not a variable name, so it is not shown: a secret pasted in its place?)"
+            .into()
+    }
+}
+
+fn shown_file(path: &str) -> String {
+    if path.contains('/') || path.contains('\\') {
+        path.to_string()
+    } else {
+        "(a name without a folder, not shown: a secret pasted in its place?)".into()
+    }
 }
 
 impl SecretSource {
@@ -68,6 +97,10 @@ impl SecretSource {
         match (env, file) {
             (Some(_), Some(_)) => Err(format!("give {what}_env or {what}_file, not both")),
             (Some(""), None) => Err(format!("{what}_env is empty")),
+            (Some(e), None) if !is_env_name(e) => Err(format!(
+                "{what}_env must be an environment variable name (letters, digits and `_`); \
+                 the value given is not one and is not shown, in case it is the secret itself"
+            )),
             (Some(e), None) => Ok(Some(SecretSource::Env(e.to_string()))),
             (None, Some(f)) => Ok(Some(SecretSource::File(f.to_path_buf()))),
             (None, None) => Ok(None),
@@ -128,6 +161,28 @@ mod tests {
             err.to_string(),
             "environment variable LILY_TEST_SURELY_UNSET_VAR is not set"
         );
+    }
+
+    #[test]
+    fn what_may_be_a_pasted_secret_is_never_shown() {
+        let err = SecretSource::Env("mc-LITERAL-SECRET-9999".into())
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("LITERAL"), "{err}");
+        let err = SecretSource::File("mc-LITERAL-SECRET-file".into())
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("LITERAL"), "{err}");
+        let err = SecretSource::File("/nonexistent/dir/key".into())
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/dir/key"), "{err}");
+        let err = SecretSource::from_pair("secret", Some("s3cr3t-value!"), None).unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(SecretSource::from_pair("secret", Some("LILY_SECRET"), None).is_ok());
     }
 
     #[test]

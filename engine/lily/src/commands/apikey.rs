@@ -48,7 +48,14 @@ pub(crate) async fn revoke(
         .revoke(&client, tenant, key_id)
         .await?
     {
-        eprintln!("key {key_id} revoked");
+        // Servers cache a verified key; another process's revocation reaches them when the
+        // entry expires.
+        eprintln!(
+            "key {key_id} revoked; a running server that used it in the last {} s accepts it \
+             until its cached entry expires (at most {} s from now)",
+            lily_auth::ApiKeys::DEFAULT_CACHE_TTL.as_secs(),
+            lily_auth::ApiKeys::DEFAULT_CACHE_TTL.as_secs()
+        );
         Ok(())
     } else {
         anyhow::bail!("tenant {tenant} has no active key {key_id}")

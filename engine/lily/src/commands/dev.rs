@@ -195,6 +195,7 @@ pub async fn run(listen: &str) -> anyhow::Result<()> {
         consumers,
         pipelines_dir: Some(pipelines_dir()),
         listen,
+        http_limits: crate::http::ServerLimits::default(),
         ingest: Some(&ingest),
     })
     .await;

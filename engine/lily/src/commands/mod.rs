@@ -8,3 +8,4 @@ pub(crate) mod dlq;
 pub(crate) mod load;
 pub(crate) mod migrate;
 pub(crate) mod slot;
+pub(crate) mod validate;
