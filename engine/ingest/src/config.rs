@@ -44,6 +44,18 @@ pub struct IngestConfig {
     /// 429 with Retry-After.
     #[serde(default = "default_queued_loads")]
     pub max_queued_loads: usize,
+    /// Accepted loads of one tenant waiting at once (uploads in progress included) beyond which
+    /// that tenant's uploads get 429, so one tenant cannot take the whole queue.
+    #[serde(default = "default_queued_loads_per_tenant")]
+    pub max_queued_loads_per_tenant: usize,
+    /// Seconds a running load keeps its slot while another tenant's load waits; then it
+    /// yields at its next chunk and resumes at its next turn. Tenants take turns.
+    #[serde(default = "default_load_time_slice_secs")]
+    pub load_time_slice_secs: u64,
+    /// Slowest average upload rate, in bytes per second, once an upload has run for
+    /// `load_upload_idle_secs` (408 below it). 0 turns the check off.
+    #[serde(default = "default_load_upload_min_bytes_per_sec")]
+    pub load_upload_min_bytes_per_sec: u64,
     /// Longest a request waits for a metastore connection, in milliseconds (503 beyond).
     #[serde(default = "default_pool_wait_ms")]
     pub pool_wait_ms: u64,
@@ -62,6 +74,18 @@ pub struct IngestConfig {
     /// hook's connector parses.
     #[serde(flatten)]
     pub hooks: BTreeMap<String, toml::Value>,
+}
+
+fn default_queued_loads_per_tenant() -> usize {
+    4
+}
+
+fn default_load_time_slice_secs() -> u64 {
+    30
+}
+
+fn default_load_upload_min_bytes_per_sec() -> u64 {
+    16 << 10
 }
 
 fn default_pool_wait_ms() -> u64 {
@@ -166,6 +190,12 @@ impl IngestConfig {
         if self.max_queued_loads == 0 || self.max_queued_loads > 1024 {
             return Err("ingest.max_queued_loads must be between 1 and 1024".into());
         }
+        if !(1..=1024).contains(&self.max_queued_loads_per_tenant) {
+            return Err("ingest.max_queued_loads_per_tenant must be between 1 and 1024".into());
+        }
+        if !(1..=86_400).contains(&self.load_time_slice_secs) {
+            return Err("ingest.load_time_slice_secs must be between 1 and 86400".into());
+        }
         if !(10..=60_000).contains(&self.pool_wait_ms) {
             return Err("ingest.pool_wait_ms must be between 10 and 60000".into());
         }
@@ -206,6 +236,11 @@ impl IngestConfig {
         settings.upload_idle = std::time::Duration::from_secs(self.load_upload_idle_secs);
         settings.max_concurrent = self.max_concurrent_loads;
         settings.max_queued = self.max_queued_loads;
+        // A tenant's share cannot exceed the whole queue.
+        settings.max_queued_per_tenant =
+            self.max_queued_loads_per_tenant.min(self.max_queued_loads);
+        settings.time_slice = Duration::from_secs(self.load_time_slice_secs);
+        settings.upload_min_rate = self.load_upload_min_bytes_per_sec;
         Some(settings)
     }
 }

@@ -78,9 +78,9 @@ impl ApiError {
                 LoadsError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 LoadsError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 LoadsError::Empty => StatusCode::UNPROCESSABLE_ENTITY,
-                LoadsError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+                LoadsError::Busy(_) | LoadsError::TenantBusy(_) => StatusCode::TOO_MANY_REQUESTS,
                 LoadsError::Body(_) => StatusCode::BAD_REQUEST,
-                LoadsError::Idle(_) => StatusCode::REQUEST_TIMEOUT,
+                LoadsError::Idle(_) | LoadsError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
                 LoadsError::ShuttingDown | LoadsError::Spool(_) | LoadsError::Inspect(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -174,9 +174,9 @@ impl IntoResponse for ApiError {
                 LoadsError::UnsupportedMediaType(_) => ("unsupported_media_type", e.to_string()),
                 LoadsError::TooLarge { .. } => ("too_large", e.to_string()),
                 LoadsError::Empty => ("unprocessable", e.to_string()),
-                LoadsError::Busy(_) => ("busy", e.to_string()),
+                LoadsError::Busy(_) | LoadsError::TenantBusy(_) => ("busy", e.to_string()),
                 LoadsError::Body(_) => ("bad_request", e.to_string()),
-                LoadsError::Idle(_) => ("timeout", e.to_string()),
+                LoadsError::Idle(_) | LoadsError::TooSlow(_) => ("timeout", e.to_string()),
                 LoadsError::ShuttingDown => ("unavailable", e.to_string()),
                 LoadsError::Spool(_) | LoadsError::Inspect(_) => {
                     tracing::error!(error = %e, "could not spool a load");

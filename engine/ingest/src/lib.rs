@@ -9,6 +9,7 @@ mod config;
 mod error;
 mod loads;
 mod model;
+mod schedule;
 mod store;
 mod webhooks;
 

@@ -23,6 +23,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::schedule::{Scheduler, Slot};
+
 const DATA_EXT: &str = "load";
 const SIDECAR_EXT: &str = "json";
 const PART_EXT: &str = "part";
@@ -43,6 +45,9 @@ pub enum LoadsError {
     Empty,
     #[error("{0} loads are already waiting; retry later")]
     Busy(usize),
+    /// The tenant's share of the queue is taken: other tenants' uploads still get in.
+    #[error("{0} loads of this tenant are already waiting; retry when one has run")]
+    TenantBusy(usize),
     #[error("the server is shutting down; retry")]
     ShuttingDown,
     #[error("reading the request body: {0}")]
@@ -50,6 +55,9 @@ pub enum LoadsError {
     /// The client stopped sending: its place in the queue goes to someone else.
     #[error("no upload data arrived for {} s; the partial upload was dropped: send the file again", .0.as_secs())]
     Idle(Duration),
+    /// The client sends too slowly to finish: its place in the queue goes to someone else.
+    #[error("the upload arrives slower than {0} bytes/s; the partial upload was dropped: send the file again faster")]
+    TooSlow(u64),
     /// The spool directory failed (disk full, permissions): the server's problem.
     #[error("spooling the upload: {0}")]
     Spool(#[from] std::io::Error),
@@ -72,6 +80,18 @@ pub struct LoadsSettings {
     pub max_concurrent: usize,
     /// Accepted loads (uploading or waiting for a run slot) beyond which uploads get 429.
     pub max_queued: usize,
+    /// Accepted loads of one tenant (uploading or waiting) beyond which its uploads get 429,
+    /// so one tenant cannot take the whole queue.
+    pub max_queued_per_tenant: usize,
+    /// Loads of one tenant running at once.
+    pub max_running_per_tenant: usize,
+    /// A running load that has held its slot this long gives it up at its next chunk when a
+    /// load of another tenant waits, and waits for its turn again (resuming from its
+    /// checkpoint; the chunk in flight is done again).
+    pub time_slice: Duration,
+    /// Slowest average upload rate, in bytes/s, checked once the upload has run for
+    /// `upload_idle`: a client trickling bytes cannot hold a queue place for long.
+    pub upload_min_rate: u64,
     /// Attempts after a transient failure (connection lost, server restart, ...), each resuming
     /// from the job's checkpoint.
     pub retries: u32,
@@ -88,6 +108,10 @@ impl LoadsSettings {
             upload_idle: Duration::from_secs(60),
             max_concurrent: 1,
             max_queued: 16,
+            max_queued_per_tenant: 4,
+            max_running_per_tenant: 1,
+            time_slice: Duration::from_secs(30),
+            upload_min_rate: 16 << 10,
             retries: 5,
             retry_backoff: Duration::from_secs(1),
             load: LoadConfig::default(),
@@ -160,8 +184,10 @@ struct Inner {
     /// turns, so loads use about one connection's worth of heavy server work and the
     /// near-real-time writes of the pool stay quick. Structural lanes run freely.
     throttle: Throttle,
-    run_slots: Arc<Semaphore>,
+    scheduler: Arc<Scheduler>,
     queue_slots: Arc<Semaphore>,
+    /// Accepted loads per tenant that still hold a queue place.
+    queued: Arc<Mutex<HashMap<String, usize>>>,
     jobs: Mutex<HashMap<String, MemJob>>,
     /// `None` once shut down: no new job starts.
     tasks: Mutex<Option<JoinSet<()>>>,
@@ -184,8 +210,12 @@ impl Loads {
         Ok(Loads {
             inner: Arc::new(Inner {
                 throttle: Throttle::new(1),
-                run_slots: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+                scheduler: Scheduler::new(
+                    settings.max_concurrent.max(1),
+                    settings.max_running_per_tenant.max(1),
+                ),
                 queue_slots: Arc::new(Semaphore::new(settings.max_queued.max(1))),
+                queued: Arc::new(Mutex::new(HashMap::new())),
                 jobs: Mutex::new(HashMap::new()),
                 tasks: Mutex::new(Some(JoinSet::new())),
                 stopped: tokio::sync::watch::Sender::new(false),
@@ -274,14 +304,19 @@ impl Loads {
         }
         // The slot is taken before the body is read, so a full queue costs the client one
         // round trip, not an upload.
-        let queue_permit = Arc::clone(&inner.queue_slots)
-            .try_acquire_owned()
-            .map_err(|_| LoadsError::Busy(inner.settings.max_queued))?;
+        let queue_permit = QueuePlace::take(inner, tenant)?;
 
         let dir = &inner.settings.spool_dir;
         let upload = Removal::new(dir.join(format!("upload-{request_id}.{PART_EXT}")));
         let idle = inner.settings.upload_idle;
-        let bytes = spool_body(upload.path(), body, limit, idle).await?;
+        let bytes = spool_body(
+            upload.path(),
+            body,
+            limit,
+            idle,
+            inner.settings.upload_min_rate,
+        )
+        .await?;
         if bytes == 0 {
             return Err(LoadsError::Empty);
         }
@@ -343,7 +378,7 @@ impl Loads {
     }
 
     /// Starts the job's task; false when shut down.
-    fn spawn(&self, job: Sidecar, queue_permit: Option<OwnedSemaphorePermit>) -> bool {
+    fn spawn(&self, job: Sidecar, queue_permit: Option<QueuePlace>) -> bool {
         let inner = Arc::clone(&self.inner);
         let mut tasks = self.inner.tasks.lock().expect("loads tasks");
         let Some(tasks) = tasks.as_mut() else {
@@ -354,6 +389,74 @@ impl Loads {
         tasks.spawn(async move { inner.run_job(job, queue_permit).await });
         true
     }
+}
+
+/// A place in the queue: one of `max_queued` and one of the tenant's
+/// `max_queued_per_tenant`, both given back when dropped (when the load starts running, or its
+/// upload ends without a job).
+pub(crate) struct QueuePlace {
+    _permit: OwnedSemaphorePermit,
+    tenant: String,
+    queued: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl QueuePlace {
+    fn take(inner: &Inner, tenant: &str) -> Result<QueuePlace, LoadsError> {
+        let mut queued = inner.queued.lock().expect("loads queue");
+        let mine = queued.get(tenant).copied().unwrap_or(0);
+        if mine >= inner.settings.max_queued_per_tenant.max(1) {
+            return Err(LoadsError::TenantBusy(mine));
+        }
+        let permit = Arc::clone(&inner.queue_slots)
+            .try_acquire_owned()
+            .map_err(|_| LoadsError::Busy(inner.settings.max_queued))?;
+        *queued.entry(tenant.to_string()).or_default() += 1;
+        Ok(QueuePlace {
+            _permit: permit,
+            tenant: tenant.to_string(),
+            queued: Arc::clone(&inner.queued),
+        })
+    }
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        let mut queued = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = queued.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                queued.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Stops a load at its next chunk once it has had its time slice and another tenant's load
+/// waits (the chunk rolls back; the load resumes from its checkpoint at its next turn).
+struct Preempt {
+    scheduler: Arc<Scheduler>,
+    tenant: String,
+    until: std::time::Instant,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+impl lily_load::LoadObserver for Preempt {
+    fn before_commit(&self, _chunk: &lily_load::ChunkInfo) -> Result<(), String> {
+        if std::time::Instant::now() >= self.until && self.scheduler.others_waiting(&self.tenant) {
+            self.fired.store(true, std::sync::atomic::Ordering::Release);
+            return Err("giving the run slot to another tenant's load".into());
+        }
+        Ok(())
+    }
+}
+
+/// How a turn of a load ended.
+enum Turn {
+    /// Done or given up: what happens to the spool file, and the error of a job that failed
+    /// for its data.
+    Ended(Outcome, Option<String>),
+    /// It gave its slot to another tenant's load and waits for its next turn.
+    Yielded,
 }
 
 /// How one run of a load failed.
@@ -430,16 +533,25 @@ impl Inner {
         self.jobs.lock().expect("loads jobs").remove(job_id);
     }
 
-    async fn run_job(self: Arc<Self>, job: Sidecar, queue_permit: Option<OwnedSemaphorePermit>) {
-        let _slot = Arc::clone(&self.run_slots)
-            .acquire_owned()
-            .await
-            .expect("the run semaphore is never closed");
-        drop(queue_permit);
-        self.set_state(&job.job_id, MemState::Running);
-        metrics::gauge!("lily_ingest_loads_running").increment(1.0);
-        let (outcome, failure) = self.load_with_retries(&job).await;
-        metrics::gauge!("lily_ingest_loads_running").decrement(1.0);
+    async fn run_job(self: Arc<Self>, job: Sidecar, queue_place: Option<QueuePlace>) {
+        let mut queue_place = queue_place;
+        let (outcome, failure) = loop {
+            let slot = self.scheduler.acquire(&job.tenant).await;
+            drop(queue_place.take());
+            self.set_state(&job.job_id, MemState::Running);
+            metrics::gauge!("lily_ingest_loads_running").increment(1.0);
+            let turn = self.load_with_retries(&job, &slot).await;
+            metrics::gauge!("lily_ingest_loads_running").decrement(1.0);
+            match turn {
+                Turn::Ended(outcome, failure) => break (outcome, failure),
+                Turn::Yielded => {
+                    drop(slot);
+                    self.set_state(&job.job_id, MemState::Queued);
+                    metrics::counter!("lily_ingest_loads_yielded_total").increment(1);
+                    tracing::info!(job = %job.job_id, tenant = %job.tenant, "Load gave its slot to another tenant's; it resumes at its next turn.");
+                }
+            }
+        };
         let dir = &self.settings.spool_dir;
         if matches!(outcome, Outcome::Final) {
             // The sidecar first: a data file without one is removed as a leftover at start.
@@ -458,15 +570,23 @@ impl Inner {
         }
     }
 
-    /// Runs the load, retrying transient failures with backoff. Returns what happens to the
-    /// spool file, and the error of a job that failed for its data.
-    async fn load_with_retries(&self, job: &Sidecar) -> (Outcome, Option<String>) {
+    /// Runs the load for one turn of `slot`, retrying transient failures with backoff.
+    async fn load_with_retries(&self, job: &Sidecar, slot: &Slot) -> Turn {
         let mut attempt = 0u32;
+        let preempt = Arc::new(Preempt {
+            scheduler: Arc::clone(&self.scheduler),
+            tenant: job.tenant.clone(),
+            until: slot.since() + self.settings.time_slice,
+            fired: std::sync::atomic::AtomicBool::new(false),
+        });
         loop {
-            let error = match self.load_once(job).await {
+            let error = match self.load_once(job, Arc::clone(&preempt)).await {
                 Ok(()) => {
                     metrics::counter!("lily_ingest_loads_total", "outcome" => "done").increment(1);
-                    return (Outcome::Final, None);
+                    return Turn::Ended(Outcome::Final, None);
+                }
+                Err(_) if preempt.fired.load(std::sync::atomic::Ordering::Acquire) => {
+                    return Turn::Yielded;
                 }
                 Err(e) => e,
             };
@@ -492,17 +612,17 @@ impl Inner {
                 tracing::info!(job = %job.job_id, tenant = %job.tenant, %error, "Load failed.");
                 // Remembered for GET: the row, when the loader got as far as writing one, says
                 // the same; an error before that (the tenant was deleted) has none.
-                return (Outcome::Final, Some(error.without_path()));
+                return Turn::Ended(Outcome::Final, Some(error.without_path()));
             }
             // Transient errors past the retries, and faults of the server's own (a role without
             // a grant, an unreadable spool): the file stays for the next start.
             metrics::counter!("lily_ingest_loads_total", "outcome" => "kept").increment(1);
             tracing::error!(job = %job.job_id, tenant = %job.tenant, %error, "Load failed; the file stays spooled and resumes on the next start.");
-            return (Outcome::Kept, None);
+            return Turn::Ended(Outcome::Kept, None);
         }
     }
 
-    async fn load_once(&self, job: &Sidecar) -> Result<(), Attempt> {
+    async fn load_once(&self, job: &Sidecar, preempt: Arc<Preempt>) -> Result<(), Attempt> {
         let pg = |context: &str| {
             let context = context.to_string();
             move |source| Attempt::Setup(LoadError::Postgres { context, source })
@@ -537,7 +657,9 @@ impl Inner {
         }
         // No extra bulk writers (no `with_connect`): the server keeps one bulk chunk in flight
         // across all API loads, see `Inner::throttle`.
-        let loader = Loader::new(self.settings.load.clone()).with_throttle(self.throttle.clone());
+        let loader = Loader::new(self.settings.load.clone())
+            .with_throttle(self.throttle.clone())
+            .with_observer(preempt);
         let report = loader
             .load(&mut client, &request)
             .await
@@ -611,6 +733,7 @@ async fn spool_body(
     mut body: Body,
     limit: u64,
     idle: Duration,
+    min_rate: u64,
 ) -> Result<u64, LoadsError> {
     let mut options = tokio::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -619,13 +742,24 @@ async fn spool_body(
     let file = options.open(path).await?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut n = 0u64;
+    let started = tokio::time::Instant::now();
+    let mut last_data = started;
+    // Woken at least this often to check the idle time and the average rate.
+    let tick = idle
+        .min(Duration::from_secs(1))
+        .max(Duration::from_millis(10));
     loop {
         let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
-        let Some(frame) = tokio::time::timeout(idle, next)
-            .await
-            .map_err(|_| LoadsError::Idle(idle))?
-        else {
-            break;
+        let frame = match tokio::time::timeout(tick, next).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                if last_data.elapsed() >= idle {
+                    return Err(LoadsError::Idle(idle));
+                }
+                check_rate(started, n, idle, min_rate)?;
+                continue;
+            }
         };
         let frame = frame.map_err(|e| LoadsError::Body(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
@@ -635,11 +769,32 @@ async fn spool_body(
         if n > limit {
             return Err(LoadsError::TooLarge { limit });
         }
+        if !data.is_empty() {
+            last_data = tokio::time::Instant::now();
+        }
         out.write_all(&data).await?;
+        check_rate(started, n, idle, min_rate)?;
     }
     out.flush().await?;
     out.into_inner().sync_all().await?;
     Ok(n)
+}
+
+/// Once an upload has run for `grace`, its average rate must be at least `min_rate` bytes/s.
+fn check_rate(
+    started: tokio::time::Instant,
+    received: u64,
+    grace: Duration,
+    min_rate: u64,
+) -> Result<(), LoadsError> {
+    let elapsed = started.elapsed();
+    if min_rate > 0
+        && elapsed >= grace
+        && (received as f64) < min_rate as f64 * elapsed.as_secs_f64()
+    {
+        return Err(LoadsError::TooSlow(min_rate));
+    }
+    Ok(())
 }
 
 /// Moves the upload to `<job_id>.load`, then writes the sidecar (write, fsync, rename) and

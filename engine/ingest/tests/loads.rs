@@ -748,3 +748,148 @@ async fn a_load_resumes_after_the_metastore_restarts() {
     );
     s.spool_drains().await;
 }
+
+/// One tenant cannot take the whole queue: past its share its uploads get 429 while another
+/// tenant's still get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_take_the_whole_queue() {
+    let s = start(
+        |l| {
+            l.max_queued = 4;
+            l.max_queued_per_tenant = 2;
+        },
+        |_| {},
+    )
+    .await;
+    let body = ndjson(&estate("snow", 1));
+    // Two globex uploads in progress hold globex's share.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            chunked_upload(&s, "globex_load", "globex", &[body[..100].to_vec()], false).await,
+        );
+    }
+    for _ in 0..100 {
+        if s.spooled().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.spooled().len(), 2, "{:?}", s.spooled());
+    let (st, headers, resp) = s
+        .upload(
+            Some("globex_load"),
+            "globex",
+            "application/x-ndjson",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(st, 429, "{resp}");
+    assert!(headers.contains_key("retry-after"));
+    assert!(resp.to_string().contains("of this tenant"), "{resp}");
+    // acme still gets in, and its load runs.
+    let job = s
+        .upload_and_wait("acme_load", "acme", "application/x-ndjson", body)
+        .await;
+    assert_eq!(job["status"], "done", "{job}");
+    drop(held);
+    s.spool_drains().await;
+}
+
+/// A client that never stops sending but trickles bytes cannot hold its queue place: once the
+/// upload has run for the idle time, it must average the minimum rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_upload_is_dropped() {
+    let s = start(
+        |l| {
+            l.max_queued = 1;
+            l.upload_idle = Duration::from_secs(1);
+            l.upload_min_rate = 1024;
+        },
+        |_| {},
+    )
+    .await;
+    let body = ndjson(&estate("snow", 1));
+    let conn = chunked_upload(&s, "acme_load", "acme", &[b"{".to_vec()], false).await;
+    let (mut read, mut write) = conn.into_split();
+    // One byte every 200 ms: never idle for a second, far below 1 KiB/s.
+    let trickle = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(b"1\r\n \r\n").await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf))
+        .await
+        .expect("the trickling upload is answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("bytes/s"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    trickle.abort();
+    s.spool_drains().await;
+    // The place is free again.
+    let job = s
+        .upload_and_wait("acme_load", "acme", "application/x-ndjson", body)
+        .await;
+    assert_eq!(job["status"], "done", "{job}");
+}
+
+/// With one run slot, a tenant's small load does not wait for another tenant's large one to
+/// finish: the large load gives the slot up at a chunk boundary after its time slice, and
+/// resumes from its checkpoint, loading every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_take_turns_for_the_run_slot() {
+    let s = start(
+        |l| {
+            l.max_concurrent = 1;
+            l.time_slice = Duration::from_millis(200);
+            // Small chunks: many chunk boundaries in the large load.
+            l.load.structural_chunk_rows = 50;
+            l.load.bulk_chunk_rows = 200;
+            l.load.bulk_chunk_min_rows = 50;
+        },
+        |_| {},
+    )
+    .await;
+    let big = ndjson(&estate("big", 5_000));
+    let (st, _, accepted) = s
+        .upload(Some("globex_load"), "globex", "application/x-ndjson", big)
+        .await;
+    assert_eq!(st, 202, "{accepted}");
+    let big_at = accepted["location"].as_str().unwrap().to_string();
+    // Once the large load runs, acme's small one arrives.
+    for _ in 0..200 {
+        let (_, job) = s.get("globex_load", &big_at).await;
+        if job["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let small = s
+        .upload_and_wait(
+            "acme_load",
+            "acme",
+            "application/x-ndjson",
+            ndjson(&estate("small", 1)),
+        )
+        .await;
+    assert_eq!(small["status"], "done", "{small}");
+    let (_, big_then) = s.get("globex_load", &big_at).await;
+    assert_ne!(
+        big_then["status"], "done",
+        "the small load waited for the large one: {big_then}"
+    );
+    let big_job = s.wait("globex_load", &big_at).await;
+    assert_eq!(big_job["status"], "done", "{big_job}");
+    assert_eq!(
+        s.count("SELECT count(*) FROM meta.assets WHERE tenant_id = 'globex'")
+            .await,
+        4 + 4 * 5_000
+    );
+}
