@@ -6,8 +6,6 @@ use serde_json::{Map, Value};
 
 /// Most items one request may carry in all its lists; bigger sets go through bulk loads.
 pub const MAX_ITEMS: usize = 10_000;
-/// Longest qualified name or name accepted.
-pub const MAX_NAME_BYTES: usize = 2_048;
 
 /// `POST /v1/tenants/{tenant}/assets`: one transaction.
 #[derive(Debug, Deserialize)]
@@ -97,42 +95,9 @@ pub struct WriteResult {
     pub deleted: u64,
 }
 
+pub(crate) use lily_load::rules::{check_name, valid_tag, valid_type_name};
+
 pub(crate) const ASSET_STATUSES: &[&str] = &["ACTIVE", "DELETED"];
-
-/// `^[A-Z][A-Za-z0-9]{0,63}$`, as the metastore checks it.
-pub(crate) fn valid_type_name(t: &str) -> bool {
-    let b = t.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_uppercase()
-        && b.iter().all(|c| c.is_ascii_alphanumeric())
-}
-
-/// `^[A-Za-z0-9][A-Za-z0-9_ -]{0,63}$`: tags name policies and appear in warehouse DDL, so they
-/// are kept to a safe alphabet.
-pub(crate) fn valid_tag(t: &str) -> bool {
-    let b = t.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b' '))
-}
-
-/// Names are data (quotes and semicolons are fine: every write is parameterized), but they must
-/// be present, bounded and free of control characters.
-pub(crate) fn check_name(what: &str, v: &str) -> Result<(), String> {
-    if v.is_empty() {
-        return Err(format!("{what} is empty"));
-    }
-    if v.len() > MAX_NAME_BYTES {
-        return Err(format!("{what} is longer than {MAX_NAME_BYTES} bytes"));
-    }
-    if v.chars().any(|c| c.is_control()) {
-        return Err(format!("{what} {v:?} contains a control character"));
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -893,3 +893,53 @@ async fn tenants_take_turns_for_the_run_slot() {
         4 + 4 * 5_000
     );
 }
+
+/// A bulk load refuses what the API refuses (one rule set): control characters in names,
+/// names over 2,048 bytes, attributes nested past 128 levels; the job fails at the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_refuse_what_the_api_refuses() {
+    let s = start(|_| {}, |_| {}).await;
+    let deep = format!("{}1{}", "{\"a\":".repeat(1000), "}".repeat(1000));
+    let cases = [
+        (
+            json!({"type_name": "Table", "qualified_name": "ld/esc\u{1b}[31mred", "name": "esc"})
+                .to_string(),
+            "control character",
+        ),
+        (
+            json!({"type_name": "Table", "qualified_name": "ld/tab", "name": "tab\nnewline"})
+                .to_string(),
+            "control character",
+        ),
+        (
+            json!({"type_name": "Table", "qualified_name": "x".repeat(5008), "name": "long"})
+                .to_string(),
+            "longer than 2048 bytes",
+        ),
+        (
+            format!(
+                r#"{{"type_name": "Table", "qualified_name": "ld/deep", "name": "deep", "attributes": {deep}}}"#
+            ),
+            "deeper than 128",
+        ),
+    ];
+    for (line, why) in cases {
+        let mut body = ndjson(&estate("ok", 1));
+        let bad_line = body.iter().filter(|b| **b == b'\n').count() + 1;
+        body.extend_from_slice(line.as_bytes());
+        body.push(b'\n');
+        let job = s
+            .upload_and_wait("acme_load", "acme", "application/x-ndjson", body)
+            .await;
+        assert_eq!(job["status"], "failed", "{why}: {job}");
+        let error = job["last_error"].as_str().unwrap();
+        assert!(error.contains(&format!("line {bad_line}")), "{error}");
+        assert!(error.contains(why), "{error}");
+    }
+    // Nothing of the refused rows is in the catalog.
+    assert_eq!(
+        s.count("SELECT count(*) FROM meta.assets WHERE qualified_name LIKE 'ld/%' OR length(qualified_name) > 2048")
+            .await,
+        0
+    );
+}

@@ -55,6 +55,7 @@ mod loader;
 mod partition;
 mod progress;
 mod record;
+pub mod rules;
 mod source;
 mod throttle;
 

@@ -209,7 +209,7 @@ pub(crate) fn check_fields<'a>(
 
 fn check_asset(f: Fields<'_>) -> Result<AssetRow<'_>, String> {
     let type_name = f.type_name.ok_or("missing type_name")?;
-    if !valid_type_name(&type_name) {
+    if !crate::rules::valid_type_name(&type_name) {
         return Err(format!(
             "bad type_name {type_name:?}: a type name is an upper-case letter followed by at most 63 letters and digits"
         ));
@@ -273,31 +273,16 @@ fn check_lineage(f: Fields<'_>) -> Result<LineageRow<'_>, String> {
     })
 }
 
-/// `^[A-Z][A-Za-z0-9]{0,63}$`, as the `assets_type_name_bytes` check of `meta.assets`.
-fn valid_type_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 64
-        && b[0].is_ascii_uppercase()
-        && b[1..].iter().all(u8::is_ascii_alphanumeric)
-}
-
 fn required_text<'a>(field: &str, v: Option<Cow<'a, str>>) -> Result<Cow<'a, str>, String> {
     let v = v.ok_or_else(|| format!("missing {field}"))?;
-    if v.is_empty() {
-        return Err(format!("{field} is empty"));
-    }
     check_text(field, &v)?;
     Ok(v)
 }
 
-/// PostgreSQL text cannot hold NUL.
+/// The API's rule for names (present, at most 2,048 bytes, no control character): a load and
+/// a request refuse the same names.
 fn check_text(field: &str, v: &str) -> Result<(), String> {
-    if v.contains('\0') {
-        Err(format!("{field} contains a NUL character (\\u0000)"))
-    } else {
-        Ok(())
-    }
+    crate::rules::check_name(field, v)
 }
 
 /// `null` means no attributes; anything else must be an object, and jsonb refuses `\u0000`.
@@ -306,6 +291,14 @@ fn check_attributes(raw: &str) -> Result<Option<&str>, String> {
         Some(b'{') => {}
         _ if raw == "null" => return Ok(None),
         _ => return Err("attributes must be a JSON object".into()),
+    }
+    if crate::rules::json_depth(raw, crate::rules::MAX_ATTRIBUTE_DEPTH)
+        > crate::rules::MAX_ATTRIBUTE_DEPTH
+    {
+        return Err(format!(
+            "attributes nest deeper than {} levels",
+            crate::rules::MAX_ATTRIBUTE_DEPTH
+        ));
     }
     if memchr::memmem::find(raw.as_bytes(), b"\\u0000").is_some() && has_nul_escape(raw) {
         return Err(
@@ -409,7 +402,25 @@ mod tests {
             ),
             (
                 r#"{"type_name":"Column","qualified_name":"q\u0000","name":"x"}"#,
-                "NUL",
+                "control character",
+            ),
+            // The API's rules: no control character, at most 2,048 bytes, attributes at most
+            // 128 deep.
+            (
+                r#"{"type_name":"Table","qualified_name":"ld/esc\u001b[31mred","name":"esc"}"#,
+                "control character",
+            ),
+            (
+                r#"{"type_name":"Table","qualified_name":"ld/tab","name":"tab\nnewline"}"#,
+                "control character",
+            ),
+            (
+                r#"{"type_name":"Table","qualified_name":"q","name":"x","parent_qualified_name":"p\u0007"}"#,
+                "control character",
+            ),
+            (
+                r#"{"kind":"lineage","upstream":"a\u0001","downstream":"b"}"#,
+                "control character",
             ),
             (
                 r#"{"type_name":"Column","qualified_name":"q","name":"x","parent_qualified_name":"q"}"#,
@@ -422,6 +433,17 @@ mod tests {
             let err = parse(line).unwrap_err();
             assert!(err.contains(want), "{line}: {err}");
         }
+        let long = format!(
+            r#"{{"type_name":"Table","qualified_name":"{}","name":"x"}}"#,
+            "q".repeat(5008)
+        );
+        assert!(parse(&long).unwrap_err().contains("longer than 2048 bytes"));
+        let deep = format!(
+            r#"{{"type_name":"Table","qualified_name":"q","name":"x","attributes":{}1{}}}"#,
+            r#"{"a":"#.repeat(10_000),
+            "}".repeat(10_000)
+        );
+        assert!(parse(&deep).unwrap_err().contains("deeper than 128"));
         // An escaped backslash before u0000 is text, not NUL.
         assert!(parse(
             r#"{"type_name":"Column","qualified_name":"q","name":"x","attributes":{"a":"\\u0000"}}"#

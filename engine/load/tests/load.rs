@@ -887,7 +887,9 @@ async fn hostile_names_are_data() {
         "conn'; DROP TABLE meta.assets; --",
         "a\"b\\c",
         "semi;colon,comma",
-        "tab\tnew\nline\r",
+        // Control characters are refused, as the API refuses them (record.rs); the rest of
+        // what COPY text escapes is data.
+        "no-break\u{a0}space\u{2028}separator",
         "ünïcødé/表/🦀",
         "$1 %s {} \\N",
         "\\.",
