@@ -292,9 +292,7 @@ fn check_attributes(raw: &str) -> Result<Option<&str>, String> {
         _ if raw == "null" => return Ok(None),
         _ => return Err("attributes must be a JSON object".into()),
     }
-    if crate::rules::json_depth(raw, crate::rules::MAX_ATTRIBUTE_DEPTH)
-        > crate::rules::MAX_ATTRIBUTE_DEPTH
-    {
+    if crate::rules::nests_deeper_than(raw, crate::rules::MAX_ATTRIBUTE_DEPTH) {
         return Err(format!(
             "attributes nest deeper than {} levels",
             crate::rules::MAX_ATTRIBUTE_DEPTH

@@ -40,21 +40,32 @@ pub fn check_name(what: &str, v: &str) -> Result<(), String> {
     if v.len() > MAX_NAME_BYTES {
         return Err(format!("{what} is longer than {MAX_NAME_BYTES} bytes"));
     }
-    let control = if v.is_ascii() {
-        v.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        v.chars().any(char::is_control)
-    };
-    if control {
+    if has_control(v.as_bytes()) {
         return Err(format!("{what} {v:?} contains a control character"));
     }
     Ok(())
 }
 
-/// How deeply the JSON text `raw` nests objects and arrays (strings skipped), stopping early
-/// past `limit`.
-pub fn json_depth(raw: &str, limit: usize) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
+/// Whether UTF-8 text holds a control character (`char::is_control`: C0, DEL, C1), in one
+/// pass over the bytes: C1 characters are U+0080..U+009F, encoded `C2 80`..`C2 9F`. Bulk loads
+/// check three names per row, so this stays off the per-character decode.
+fn has_control(b: &[u8]) -> bool {
+    b.iter().enumerate().any(|(i, &c)| {
+        c < 0x20
+            || c == 0x7f
+            || (c == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n)))
+    })
+}
+
+/// Whether the JSON text `raw` nests objects and arrays (strings skipped) more than `limit`
+/// levels deep.
+pub fn nests_deeper_than(raw: &str, limit: usize) -> bool {
+    // Nesting deeper than `limit` takes more than `2 * limit` bytes (an opening and a closing
+    // bracket per level): shorter text, nearly every row's attributes, needs no scan.
+    if raw.len() <= 2 * limit {
+        return false;
+    }
+    let mut depth = 0usize;
     let (mut in_string, mut escaped) = (false, false);
     for b in raw.bytes() {
         if in_string {
@@ -70,16 +81,15 @@ pub fn json_depth(raw: &str, limit: usize) -> usize {
             b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
-                deepest = deepest.max(depth);
-                if deepest > limit {
-                    return deepest;
+                if depth > limit {
+                    return true;
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    deepest
+    false
 }
 
 #[cfg(test)]
@@ -90,6 +100,12 @@ mod tests {
     fn names_are_bounded_and_printable() {
         assert!(check_name("n", "snow/db/t_1 \"quoted\"; drop").is_ok());
         assert!(check_name("n", "ünïcode/名前").is_ok());
+        // Every character that decodes to a control, and only those (U+00A0 is `C2 A0`).
+        assert!(check_name("n", "no-break\u{a0}space").is_ok());
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            let s = format!("a{c}b");
+            assert_eq!(check_name("n", &s).is_err(), c.is_control(), "{c:?}");
+        }
         for bad in [
             "",
             "a\u{0}b",
@@ -114,9 +130,13 @@ mod tests {
 
     #[test]
     fn depth_skips_strings() {
-        assert_eq!(json_depth(r#"{"a": [1, {"b": "}}]]{{["}]}"#, 128), 3);
-        assert_eq!(json_depth(r#"{"a": "\"{"}"#, 128), 1);
-        let deep = "[".repeat(500);
-        assert!(json_depth(&deep, 128) > 128);
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nests_deeper_than(&nested(128), 128));
+        assert!(nests_deeper_than(&nested(129), 128));
+        // Brackets inside strings (escaped quotes included) are text.
+        let text = format!(r#"{{"a": "{}\"{}"}}"#, "[".repeat(300), "{".repeat(300));
+        assert!(!nests_deeper_than(&text, 128));
+        // Short text is within the limit whatever it holds.
+        assert!(!nests_deeper_than(&"[".repeat(200), 128));
     }
 }
