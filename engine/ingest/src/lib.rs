@@ -10,6 +10,7 @@ mod error;
 mod loads;
 mod model;
 mod schedule;
+pub mod server;
 mod store;
 mod webhooks;
 
