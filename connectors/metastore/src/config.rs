@@ -37,6 +37,16 @@ pub struct MetastoreSinkConfig {
     /// carries). Default: every non-key column the incoming row carries.
     #[serde(default)]
     pub update_columns: Option<Vec<String>>,
+    /// Milliseconds a delivery's statement may take (1 to 3,600,000). Past it the statement is
+    /// abandoned (and cancelled on the server by `statement_timeout`), the connection is
+    /// replaced and the delivery is retried: a metastore that stops answering cannot hold the
+    /// pipeline. Default 30000.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    30_000
 }
 
 /// How rows are written.
@@ -73,6 +83,11 @@ impl MetastoreSinkConfig {
     /// [`MetastoreSink::connect`](crate::MetastoreSink::connect)).
     pub fn validate(&self) -> Result<(), ConfigError> {
         split_table_name(&self.table)?;
+        if !(1..=3_600_000).contains(&self.statement_timeout_ms) {
+            return Err(ConfigError(
+                "statement_timeout_ms must be between 1 and 3600000".into(),
+            ));
+        }
         if let Some(keys) = &self.key_columns {
             check_column_list("key_columns", keys)?;
         }
@@ -157,6 +172,7 @@ mod tests {
             mode: Mode::Upsert,
             key_columns: None,
             update_columns: None,
+            statement_timeout_ms: 30_000,
         }
     }
 

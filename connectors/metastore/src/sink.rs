@@ -2,6 +2,7 @@
 //! set-based statement per delivery.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lily_delivery::{Record, Sink, SinkError};
@@ -30,6 +31,8 @@ pub struct MetastoreSink {
     /// never across an `.await`; calls share the client (tokio-postgres pipelines their
     /// statements on the one connection).
     client: Mutex<Option<Arc<Client>>>,
+    /// How long a delivery's statement may take.
+    statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for MetastoreSink {
@@ -52,7 +55,10 @@ impl MetastoreSink {
         cfg: MetastoreSinkConfig,
     ) -> Result<MetastoreSink, BuildError> {
         cfg.validate()?;
-        let client = open(&pg).await.map_err(BuildError::Connect)?;
+        let statement_timeout = Duration::from_millis(cfg.statement_timeout_ms);
+        let client = open(&pg, statement_timeout)
+            .await
+            .map_err(BuildError::Connect)?;
         let target = Target::load(&client, &cfg).await?;
         tracing::info!(
             table = %target.display,
@@ -64,6 +70,7 @@ impl MetastoreSink {
             target,
             pg,
             client: Mutex::new(Some(Arc::new(client))),
+            statement_timeout,
         })
     }
 
@@ -89,7 +96,7 @@ impl MetastoreSink {
         // one that lands first are dropped (closing them).
         // Retryable whatever the cause: a lost metastore (or a password being rotated) must
         // not turn every pending row into a dead letter.
-        let fresh = open(&self.pg).await.map_err(|e| {
+        let fresh = open(&self.pg, self.statement_timeout).await.map_err(|e| {
             SinkError::retryable(format!(
                 "cannot reconnect to the metastore database to write to {}: {e}",
                 self.target.display,
@@ -145,7 +152,25 @@ impl Sink for MetastoreSink {
 
         let client = self.client().await?;
         // query_typed: parameter types are given, so no separate prepare round trip.
-        match client.query_typed_one(&statement, &params).await {
+        // Bounded here as well as on the server: a metastore (or a network path) that stops
+        // answering never answers the cancellation either.
+        let answer = tokio::time::timeout(
+            self.statement_timeout,
+            client.query_typed_one(&statement, &params),
+        )
+        .await;
+        let Ok(answer) = answer else {
+            // The connection has a statement in flight nobody will read: replace it.
+            self.forget(&client);
+            let error = SinkError::retryable(format!(
+                "the metastore did not answer a write to {} within {} ms",
+                self.target.display,
+                self.statement_timeout.as_millis()
+            ));
+            tracing::debug!(table = %self.target.display, records = records.len(), error = %error, "Metastore delivery timed out.");
+            return Err(error);
+        };
+        match answer {
             Ok(row) => {
                 let written: i64 = row.try_get(0).unwrap_or(-1);
                 tracing::debug!(
@@ -194,6 +219,24 @@ fn connection_lost(e: &tokio_postgres::Error) -> bool {
 
 /// Opens a connection (TLS as configured, JIT off: set-based writes of hundreds of rows can pass
 /// the JIT cost threshold, and compiling costs more than the write).
-async fn open(pg: &lily_pg::ConnectionConfig) -> Result<Client, lily_pg::PgError> {
-    lily_pg::connect(pg, ROLE).await
+async fn open(
+    pg: &lily_pg::ConnectionConfig,
+    statement_timeout: Duration,
+) -> Result<Client, lily_pg::PgError> {
+    let client = lily_pg::connect(pg, ROLE).await?;
+    // The server gives up on a statement at the same bound, so an abandoned one does not run
+    // on holding its locks.
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            statement_timeout.as_millis()
+        ))
+        .await
+        .map_err(|source| lily_pg::PgError::Connect {
+            role: ROLE,
+            target: pg.target(),
+            detail: lily_pg::describe(&source),
+            source,
+        })?;
+    Ok(client)
 }

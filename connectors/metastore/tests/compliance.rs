@@ -11,18 +11,14 @@ use lily_pgharness::PgCluster;
 use lily_sinktest::{Fault, FaultProxy, Received, Replay, Shape, SinkHarness, Support};
 use tokio_postgres::Client;
 
-lily_sinktest::compliance!(
-    MetastoreHarness,
-    ignore {
-        hung_remote_is_bounded_by_the_timeout: "defect: the metastore sink bounds only connecting \
-        (connect_timeout); a statement sent to a server that stops answering waits forever",
-    }
-);
+lily_sinktest::compliance!(MetastoreHarness);
 
 const DB: &str = "sinktest";
 const ROLE: &str = "lily_sink";
-/// The sink's only timeout setting: connecting, plus (as documented) start-up.
+/// Connecting, start-up included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A delivery's statement (`statement_timeout_ms`).
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Quiet on the wire for this long before a one-shot fault is armed.
 const SETTLE: Duration = Duration::from_millis(200);
 
@@ -135,6 +131,7 @@ impl SinkHarness for MetastoreHarness {
             mode: Mode::Upsert,
             key_columns: None,
             update_columns: None,
+            statement_timeout_ms: STATEMENT_TIMEOUT.as_millis() as u64,
         };
         let sink = MetastoreSink::connect(connection, config).await.unwrap();
         MetastoreHarness {
@@ -234,7 +231,7 @@ impl SinkHarness for MetastoreHarness {
     }
 
     fn timeout(&self) -> Option<Duration> {
-        Some(CONNECT_TIMEOUT)
+        Some(STATEMENT_TIMEOUT.max(CONNECT_TIMEOUT))
     }
 
     fn describe(&self) -> Option<String> {

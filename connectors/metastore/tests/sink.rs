@@ -32,6 +32,7 @@ fn config(table: &str, mode: Mode) -> MetastoreSinkConfig {
         mode,
         key_columns: None,
         update_columns: None,
+        statement_timeout_ms: 30_000,
     }
 }
 
