@@ -245,7 +245,10 @@ impl LaneCtx {
                             attempts: attempt,
                         });
                     }
-                    let wait = retry_after.unwrap_or_else(|| self.settings.backoff(attempt));
+                    let wait = match retry_after {
+                        Some(asked) => self.settings.retry_after(asked),
+                        None => self.settings.backoff(attempt),
+                    };
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         sink = %self.sink_name, lane = self.lane, attempt, ?wait, error = %error,

@@ -289,6 +289,30 @@ async fn retry_after_is_waited_even_when_longer_than_the_backoff() {
 }
 
 #[tokio::test]
+async fn a_retry_after_longer_than_the_cap_is_cut_to_it() {
+    // A receiver asking for an hour (or a misparsed date) does not stall the lane.
+    let sink = ScriptedSink::new().answer(
+        &id(4),
+        vec![
+            Err(retryable_after("503", Duration::from_secs(3600))),
+            Ok(()),
+        ],
+    );
+    let settings = DeliverySettings {
+        max_retry_after_ms: 50,
+        ..fast(3, 1)
+    };
+    let h = Harness::start(sink, settings).await;
+    within(Duration::from_secs(5), h.deliver(record(4, None))).await;
+    let calls = h.sink.calls();
+    assert_eq!(calls.len(), 2);
+    let g = gaps(&calls)[0];
+    assert!(g >= Duration::from_millis(50), "{g:?}");
+    assert!(g < Duration::from_secs(2), "{g:?}");
+    assert_eq!(h.stat(|s| &s.delivered), 1);
+}
+
+#[tokio::test]
 async fn per_key_order_is_kept_across_lanes() {
     // Not a multiple of the lane count, so a key-blind spread would move keys between lanes.
     const KEYS: u64 = 7;

@@ -15,9 +15,14 @@ pub struct DeliverySettings {
     #[serde(default = "default_initial_backoff_ms")]
     pub initial_backoff_ms: u64,
     /// Longest computed wait between attempts, in milliseconds. A receiver's `Retry-After`
-    /// is honoured even when it is longer.
+    /// is honoured even when it is longer, up to `max_retry_after_ms`.
     #[serde(default = "default_max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// Longest `Retry-After` honoured, in milliseconds; a longer one is cut to this, so a
+    /// receiver asking for hours (or a misparsed date) cannot stall its lane and the keys
+    /// behind it. Default 600000 (10 minutes).
+    #[serde(default = "default_max_retry_after_ms")]
+    pub max_retry_after_ms: u64,
     /// Sustained requests per second to this sink (token bucket); absent means unlimited.
     pub rate_per_sec: Option<f64>,
     /// Requests the bucket allows at once after an idle period.
@@ -41,6 +46,9 @@ fn default_initial_backoff_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     60_000
 }
+fn default_max_retry_after_ms() -> u64 {
+    600_000
+}
 fn default_burst() -> u32 {
     10
 }
@@ -57,6 +65,7 @@ impl Default for DeliverySettings {
             max_attempts: default_max_attempts(),
             initial_backoff_ms: default_initial_backoff_ms(),
             max_backoff_ms: default_max_backoff_ms(),
+            max_retry_after_ms: default_max_retry_after_ms(),
             rate_per_sec: None,
             burst: default_burst(),
             concurrency: default_concurrency(),
@@ -95,6 +104,11 @@ impl DeliverySettings {
 
     /// The computed wait before attempt `attempt + 1` (attempt counts from 1): exponential,
     /// capped, with full jitter so a burst of failures does not retry in lockstep.
+    /// The wait a receiver's `Retry-After` asks for, cut to `max_retry_after_ms`.
+    pub fn retry_after(&self, asked: Duration) -> Duration {
+        asked.min(Duration::from_millis(self.max_retry_after_ms))
+    }
+
     pub fn backoff(&self, attempt: u32) -> Duration {
         lily_runtime::Backoff::wait_after(
             Duration::from_millis(self.initial_backoff_ms),
