@@ -86,11 +86,6 @@ impl OktaHookConfig {
             problems.push(format!("tenant_id: {e}"));
         }
         match self.secret_source() {
-            Ok(Some(SecretSource::Env(name))) if !is_env_name(&name) => problems.push(
-                "secret_env: not an environment variable name (the value is not shown, in case it \
-                 is the secret itself)"
-                    .into(),
-            ),
             Ok(Some(_)) => {}
             Ok(None) => problems.push(
                 "secret_env or secret_file is required: the secret header is Okta's only \
@@ -129,14 +124,6 @@ impl OktaHookConfig {
             self.secret_file.as_deref(),
         )
     }
-}
-
-fn is_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// An HTTP field name (RFC 9110 token).

@@ -265,11 +265,7 @@ fn describe(source: &SecretSource) -> String {
 
 /// Names a shell can export: a mistyped name should fail at `validate`, not at start-up.
 fn check_env_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if lily_delivery::secret::is_env_name(name) {
         Ok(())
     } else if name.is_empty() {
         Err("is empty".to_string())

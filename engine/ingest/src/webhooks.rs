@@ -83,9 +83,9 @@ impl Hooks {
                 });
             }
         }
-        let mut tenants = HashSet::new();
-        for hook in &kind.hooks {
-            if !tenants.insert(hook.tenant().to_string()) {
+        let mut tenants = HashMap::new();
+        for (i, hook) in kind.hooks.iter().enumerate() {
+            if tenants.insert(hook.tenant().to_string(), i).is_some() {
                 return Err(HooksError::DuplicateTenant {
                     hook: source,
                     tenant: hook.tenant().to_string(),
@@ -98,7 +98,8 @@ impl Hooks {
                 hook: source,
                 message,
             })?;
-        self.registered.push(Arc::new(Sender { kind, sql }));
+        self.registered
+            .push(Arc::new(Sender { kind, tenants, sql }));
         Ok(())
     }
 
@@ -128,16 +129,16 @@ fn is_segment(path: &str) -> bool {
 /// One kind of hook: its tenants' hooks and its planned SQL.
 pub(crate) struct Sender {
     kind: HookKind,
+    /// Index in `kind.hooks` by tenant: looked up on every delivery.
+    tenants: HashMap<String, usize>,
     sql: TransformPool,
 }
 
 impl Sender {
     fn hook(&self, tenant: &str) -> Option<&dyn TenantHook> {
-        self.kind
-            .hooks
-            .iter()
-            .find(|h| h.tenant() == tenant)
-            .map(|h| h.as_ref())
+        self.tenants
+            .get(tenant)
+            .map(|&i| self.kind.hooks[i].as_ref())
     }
 
     /// One request to one of the kind's routes, for `tenant`.
@@ -146,12 +147,13 @@ impl Sender {
         s: &Ingest,
         tenant: String,
         method: Method,
-        http: axum::extract::Request,
+        mut http: axum::extract::Request,
     ) -> Result<Response, ApiError> {
         let started = Instant::now();
         let source = self.kind.source;
         let key = self.kind.idempotency_key;
-        let headers = http.headers().clone();
+        // The body extractor needs only the body and its limit, not the headers.
+        let headers = std::mem::take(http.headers_mut());
         // The body is read (within the size limit) whether or not the tenant has the hook, so
         // that neither the answer nor its status tells which tenants configured it.
         let body = Bytes::from_request(http, &())

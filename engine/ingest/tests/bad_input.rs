@@ -7,6 +7,8 @@
 //! Every answer must be below 500; every 4xx must be the documented JSON error; a request
 //! answered 4xx must change no row; and the server must still serve a valid write at the end.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use lily_auth::{ApiKeys, Authenticator};
@@ -26,16 +28,7 @@ struct Api {
 }
 
 async fn start() -> Api {
-    let cluster = PgCluster::start().await.unwrap();
-    cluster.create_database("ingest").await.unwrap();
-    let client = cluster.connect("ingest").await.unwrap();
-    lily_metastore::migrate(&client).await.unwrap();
-    client
-        .batch_execute(
-            "INSERT INTO meta.tenants (tenant_id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex')",
-        )
-        .await
-        .unwrap();
+    let (cluster, client) = common::metastore().await;
     let admin = ApiKeys::uncached();
     let scopes = [
         "assets:write",
@@ -92,9 +85,7 @@ async fn start() -> Api {
         Some(loads),
     );
     let app = lily_ingest::router(ingest, MAX_BODY);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = common::serve(app).await;
     Api {
         base,
         http: reqwest::Client::new(),

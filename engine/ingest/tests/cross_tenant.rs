@@ -2,6 +2,8 @@
 //! tenant's credential, and every direct-SQL tenant role against every other tenant's rows.
 //! Everything is refused, and a refusal never tells an existing object from a missing one.
 
+mod common;
+
 use std::time::Duration;
 
 use lily_auth::{ApiKeys, Authenticator};
@@ -40,16 +42,7 @@ struct Api {
 }
 
 async fn start() -> Api {
-    let cluster = PgCluster::start().await.unwrap();
-    cluster.create_database("ingest").await.unwrap();
-    let admin = cluster.connect("ingest").await.unwrap();
-    lily_metastore::migrate(&admin).await.unwrap();
-    admin
-        .batch_execute(
-            "INSERT INTO meta.tenants (tenant_id, name) VALUES ('acme', 'Acme'), ('globex', 'Globex')",
-        )
-        .await
-        .unwrap();
+    let (cluster, admin) = common::metastore().await;
     let keys = ApiKeys::uncached();
     let (acme, _) = keys
         .create(&admin, "acme", "all", SCOPES.iter())
@@ -77,9 +70,7 @@ async fn start() -> Api {
         Some(loads),
     );
     let app = lily_ingest::router(ingest, 1 << 20);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let base = common::serve(app).await;
     Api {
         base,
         http: reqwest::Client::new(),
